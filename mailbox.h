@@ -1,0 +1,76 @@
+/*
+ * mailbox.h: the user's mbox maildrop: open checks, locking, scan, change
+ * detection, message output and the UPDATE at QUIT.
+ */
+#ifndef MAILBOX_H
+#define MAILBOX_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include "pop3d.h"
+#include "io.h"
+
+struct mailbox;		/* opaque */
+
+/* Outcomes of the mailbox operations that can fail. */
+enum {
+	MB_OK = 0,
+	MB_PERM = -1,		/* unreadable, unsafe or malformed: [SYS/PERM] */
+	MB_TEMP = -2,		/* lock timeout, full disk, I/O: [SYS/TEMP] */
+	MB_CHANGED = -3,	/* another program rewrote the mailbox */
+	MB_CLIENT = -4		/* the client went away during output */
+};
+
+/*
+ * Opens, checks, locks, scans and unlocks the maildrop at path.  The file
+ * must be a regular file owned by owner with one link, opened without
+ * following symlinks; a missing or empty file is an empty maildrop.
+ * lock_timeout is the bounded total wait for the fcntl and dot locks.
+ * Returns MB_OK with *mbp set, or MB_PERM / MB_TEMP.
+ */
+int	mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
+	    enum uidl_mode mode, int lock_timeout);
+void	mailbox_close(struct mailbox *);
+
+/* Messages in the maildrop as scanned, deleted ones included (1..count). */
+unsigned	mailbox_count(const struct mailbox *);
+/* Messages and octets not marked deleted. */
+void		mailbox_stat(const struct mailbox *, unsigned *n, uint64_t *octets);
+/* Octets of message n as RETR sends it (before dot-stuffing). */
+uint64_t	mailbox_size(const struct mailbox *, unsigned n);
+int		mailbox_is_deleted(const struct mailbox *, unsigned n);
+void		mailbox_delete(struct mailbox *, unsigned n);
+void		mailbox_reset(struct mailbox *);
+/* Writes the unique-id of message n (1..70 printable octets) into buf. */
+void		mailbox_uidl(const struct mailbox *, unsigned n,
+		    char buf[POP3D_UIDL_MAX + 1]);
+/* Bytes and messages retrieved, deleted: for the session summary. */
+
+/*
+ * Checks, before message n is sent, that the file was not rewritten
+ * (appended mail is fine).  Returns MB_OK, MB_CHANGED or MB_TEMP.
+ */
+int	mailbox_check(struct mailbox *, unsigned n);
+
+/*
+ * Sends message n to out: with lines < 0 the whole message, otherwise
+ * the header, the blank line and that many body lines (TOP).  LF becomes
+ * CRLF, lines starting with "." are dot-stuffed, the terminating ".\r\n"
+ * is written.  Checks first that the file was not rewritten.
+ * Returns MB_OK, MB_CHANGED, MB_TEMP (read error) or MB_CLIENT.
+ */
+int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
+
+/*
+ * UPDATE: removes the deleted messages, keeping mail appended since the
+ * scan, under both locks.  Does nothing (and writes nothing) when no
+ * message is deleted.  Returns MB_OK, MB_TEMP or MB_CHANGED.
+ */
+int	mailbox_update(struct mailbox *);
+
+/* Streaming LF->CRLF and dot-stuffing of one block, for mailbox_send and
+ * the unit tests: *bol says whether src starts a line and is updated. */
+void	mailbox_emit(struct out *, const unsigned char *src, size_t len,
+	    int *bol);
+
+#endif

@@ -1,0 +1,1238 @@
+/*
+ * pop3d.c: one POP3 session on an input and an output fd.  main() and the
+ * privilege flow, the command table and the handlers.
+ *
+ * Root mode: a chrooted child running as the unprivileged user reads the
+ * AUTHORIZATION state and sends each login attempt to the parent over a
+ * socketpair; the parent checks it, takes the session lock, drops to the
+ * user for good and runs the TRANSACTION and UPDATE states.  User mode:
+ * the same states in one process, with no privilege changes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <netdb.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+#include <md5.h>
+
+#include "auth.h"
+#include "io.h"
+#include "mailbox.h"
+#include "pop3d.h"
+
+enum { ST_AUTH = 1, ST_TRANS = 2 };
+
+/* Outcomes of a command handler.  R_SENT: the handler wrote its +OK reply;
+ * every other value is an error that the dispatcher answers. */
+enum {
+	R_SENT = 0,
+	R_UNKNOWN, R_STATE, R_ARG, R_NUMBER, R_NOMSG, R_DELETED, R_LINES,
+	R_NOUSER, R_AUTH, R_CANCEL, R_BASE64, R_MECH, R_TOOLONG, R_NUL,
+	R_INUSE, R_LOCKED, R_PERM, R_SYSTEMP, R_CHANGED, R_UPDATE,
+	R_TIMEOUT, R_BAD,
+	R_CLOSE		/* ends the session after the reply, if any */
+};
+
+static const char *const errtext[] = {
+	[R_UNKNOWN]	= "Unknown command.",
+	[R_STATE]	= "Command not valid in this state.",
+	[R_ARG]		= "Invalid argument.",
+	[R_NUMBER]	= "Invalid message number.",
+	[R_NOMSG]	= "No such message.",
+	[R_DELETED]	= "Message is deleted.",
+	[R_LINES]	= "Invalid line count.",
+	[R_NOUSER]	= "No user name given.",
+	[R_AUTH]	= "[AUTH] Authentication failed.",
+	[R_CANCEL]	= "Authentication cancelled.",
+	[R_BASE64]	= "Invalid base64 data.",
+	[R_MECH]	= "Unsupported authentication mechanism.",
+	[R_TOOLONG]	= "Line too long.",
+	[R_NUL]		= "NUL in command.",
+	[R_INUSE]	= "[IN-USE] Mailbox is in use by another session.",
+	[R_LOCKED]	= "[SYS/TEMP] Mailbox is locked, try again later.",
+	[R_PERM]	= "[SYS/PERM] Mailbox is unreadable or malformed.",
+	[R_SYSTEMP]	= "[SYS/TEMP] Temporary server failure, try again later.",
+	[R_CHANGED]	= "[SYS/TEMP] Mailbox was changed by another program.",
+	[R_UPDATE]	= "[SYS/TEMP] Could not update the mailbox; "
+			  "nothing was deleted.",
+	[R_TIMEOUT]	= "Autologout; idle for too long.",
+	[R_BAD]		= "Too many bad commands.",
+};
+
+struct session {
+	const struct config	*cfg;
+	struct in		 in;
+	struct out		 out;
+	int			 state;
+	int			 priv_fd;	/* to the parent, in the child */
+	int			 fails, bad;
+	int			 done;		/* QUIT or a fatal reply */
+	const char		*how;		/* how it ended, for the log */
+	char			 user[POP3D_USER_MAX + 1];
+	int			 have_user;
+	const char		*rhost;
+	struct account		 acct;
+	struct mailbox		*mb;
+	uint64_t		 total_bytes;	/* at login, for the log */
+	int			 lock_fd;
+	unsigned		 retr_n, del_n;
+	uint64_t		 retr_bytes, del_bytes;
+};
+
+/* The session's log identity: the login name escaped, or "-". */
+static const char *
+log_user(const struct session *s, char *buf, size_t size)
+{
+	if (s->acct.name[0] != '\0')
+		return log_escape(buf, size, s->acct.name,
+		    strlen(s->acct.name));
+	if (s->have_user)
+		return log_escape(buf, size, s->user, strlen(s->user));
+	return "-";
+}
+
+/* Writes a positive status line. */
+static void __attribute__((format(printf, 2, 3)))
+reply_ok(struct session *s, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	out_printf(&s->out, "+OK%s%s\r\n", buf[0] ? " " : "", buf);
+}
+
+/*
+ * Parses a decimal number: digits only, no sign or space, at most max.
+ * Returns 0 with *v set, or -1.
+ */
+int	parse_number(const char *p, unsigned long max, unsigned long *v);
+int
+parse_number(const char *p, unsigned long max, unsigned long *v)
+{
+	unsigned long n = 0;
+
+	if (*p == '\0')
+		return -1;
+	for (; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9' ||
+		    __builtin_mul_overflow(n, 10UL, &n) ||
+		    __builtin_add_overflow(n, (unsigned long)(*p - '0'), &n))
+			return -1;
+	}
+	if (n > max)
+		return -1;
+	*v = n;
+	return 0;
+}
+
+/* Resolves a message-number argument to a live message. Returns R_SENT with
+ * *n set, or the error. */
+static int
+message_arg(struct session *s, const char *arg, unsigned *n)
+{
+	unsigned long v;
+
+	if (arg == NULL || parse_number(arg, UINT_MAX, &v) < 0)
+		return R_NUMBER;
+	if (v == 0 || v > mailbox_count(s->mb))
+		return R_NOMSG;
+	if (mailbox_is_deleted(s->mb, (unsigned)v))
+		return R_DELETED;
+	*n = (unsigned)v;
+	return R_SENT;
+}
+
+/* Maps a mailbox outcome to a reply; a changed or failing mailbox ends
+ * the session. */
+static int
+mailbox_result(struct session *s, int r)
+{
+	switch (r) {
+	case MB_OK:
+		return R_SENT;
+	case MB_CLIENT:
+		s->done = 1;
+		s->how = "disconnect";
+		return R_CLOSE;
+	case MB_CHANGED:
+		s->done = 1;
+		s->how = "aborted";
+		return R_CHANGED;
+	case MB_PERM:
+		s->done = 1;
+		s->how = "aborted";
+		return R_PERM;
+	default:
+		s->done = 1;
+		s->how = "aborted";
+		return R_SYSTEMP;
+	}
+}
+
+/* ---- AUTHORIZATION ---------------------------------------------------- */
+
+static int	login(struct session *, const char *user, char *pass);
+
+static int
+cmd_user(struct session *s, char *arg)
+{
+	if (arg == NULL || arg[0] == '\0')
+		return R_NOUSER;
+	/* Any name is taken here; PASS answers the same for all. */
+	snprintf(s->user, sizeof(s->user), "%s", arg);
+	s->have_user = strlen(arg) <= POP3D_USER_MAX ? 1 : -1;
+	reply_ok(s, "%s", "");
+	return R_SENT;
+}
+
+static int
+cmd_pass(struct session *s, char *arg)
+{
+	char none[1] = "";
+	int r;
+
+	if (!s->have_user)
+		return R_NOUSER;
+	r = login(s, s->have_user > 0 ? s->user : "", arg ? arg : none);
+	s->have_user = 0;
+	return r;
+}
+
+/* Decodes strict base64 (RFC 4648, padding required) in place.  Returns
+ * the decoded length, or -1. */
+static long
+base64_decode(char *s)
+{
+	static const char alpha[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t len = strlen(s), i, o = 0;
+
+	if (len % 4 != 0)
+		return -1;
+	for (i = 0; i < len; i += 4) {
+		unsigned long v = 0;
+		int j, pad = 0;
+
+		for (j = 0; j < 4; j++) {
+			const char *c = s[i + (size_t)j] != '\0' ?
+			    strchr(alpha, s[i + (size_t)j]) : NULL;
+
+			if (s[i + (size_t)j] == '=' && i + 4 == len && j >= 2 &&
+			    (j == 3 || s[i + 3] == '='))
+				pad++;
+			else if (c == NULL || pad)
+				return -1;
+			v = v << 6 | (c ? (unsigned long)(c - alpha) : 0);
+		}
+		s[o++] = (char)(v >> 16);
+		if (pad < 2)
+			s[o++] = (char)(v >> 8 & 0xff);
+		if (pad < 1)
+			s[o++] = (char)(v & 0xff);
+	}
+	return (long)o;
+}
+
+/*
+ * Checks a SASL PLAIN message (RFC 4616: [authzid] NUL authcid NUL
+ * passwd) and tries the login.  An authzid must name the same user.
+ */
+static int
+sasl_plain(struct session *s, char *b64)
+{
+	char *authzid, *authcid, *pass, *end, none[1] = "";
+	long len = base64_decode(b64);
+	int r;
+
+	if (len < 0) {
+		explicit_bzero(b64, strlen(b64));
+		return R_BASE64;
+	}
+	end = b64 + len;
+	authzid = b64;
+	authcid = memchr(authzid, '\0', (size_t)(end - authzid));
+	pass = authcid ? memchr(authcid + 1, '\0',
+	    (size_t)(end - authcid - 1)) : NULL;
+	if (pass == NULL || memchr(pass + 1, '\0',
+	    (size_t)(end - pass - 1)) != NULL) {
+		explicit_bzero(b64, (size_t)len);
+		return login(s, "", none);
+	}
+	authcid++;
+	*end = '\0';
+	pass++;
+	if (authzid[0] != '\0' && strcmp(authzid, authcid) != 0)
+		authcid = none;		/* fails like a wrong password */
+	r = login(s, authcid, pass);
+	explicit_bzero(b64, (size_t)len);
+	return r;
+}
+
+static int
+cmd_auth(struct session *s, char *arg)
+{
+	char line[POP3D_SASL_LINE_MAX + 1], *ir = NULL, *sp, none[1] = "";
+	int r;
+
+	if (arg == NULL) {
+		reply_ok(s, "%s", "");
+		out_str(&s->out, "PLAIN\r\n.\r\n");
+		return R_SENT;
+	}
+	if ((sp = strchr(arg, ' ')) != NULL) {
+		*sp = '\0';
+		ir = sp + 1;
+	}
+	if (strcasecmp(arg, "PLAIN") != 0)
+		return R_MECH;
+	if (ir != NULL && strcmp(ir, "*") == 0)
+		return R_CANCEL;
+	if (ir != NULL)
+		return sasl_plain(s, strcmp(ir, "=") == 0 ? none : ir);
+	out_str(&s->out, "+ \r\n");
+	r = in_line(&s->in, &s->out, line, POP3D_SASL_LINE_MAX,
+	    POP3D_AUTH_TIMEOUT);
+	if (r == IN_LONG || r == IN_NUL)
+		return r == IN_LONG ? R_TOOLONG : R_NUL;
+	if (r != IN_LINE) {
+		s->done = 1;
+		s->how = r == IN_TIMEOUT ? "timeout" : "disconnect";
+		return R_CLOSE;
+	}
+	if (strcmp(line, "*") == 0)
+		return R_CANCEL;
+	r = sasl_plain(s, line);
+	explicit_bzero(line, sizeof(line));
+	return r;
+}
+
+/* ---- TRANSACTION ------------------------------------------------------ */
+
+static int
+cmd_stat(struct session *s, char *arg)
+{
+	unsigned n;
+	uint64_t octets;
+
+	(void)arg;
+	mailbox_stat(s->mb, &n, &octets);
+	reply_ok(s, "%u %llu", n, (unsigned long long)octets);
+	return R_SENT;
+}
+
+static int
+cmd_list(struct session *s, char *arg)
+{
+	unsigned i, n;
+	uint64_t octets;
+	int r;
+
+	if (arg != NULL) {
+		if ((r = message_arg(s, arg, &n)) != R_SENT)
+			return r;
+		reply_ok(s, "%u %llu", n,
+		    (unsigned long long)mailbox_size(s->mb, n));
+		return R_SENT;
+	}
+	mailbox_stat(s->mb, &n, &octets);
+	reply_ok(s, "%u messages:", n);
+	for (i = 1; i <= mailbox_count(s->mb); i++)
+		if (!mailbox_is_deleted(s->mb, i))
+			out_printf(&s->out, "%u %llu\r\n", i,
+			    (unsigned long long)mailbox_size(s->mb, i));
+	out_str(&s->out, ".\r\n");
+	return R_SENT;
+}
+
+static int
+cmd_uidl(struct session *s, char *arg)
+{
+	char uid[POP3D_UIDL_MAX + 1];
+	unsigned i, n;
+	int r;
+
+	if (arg != NULL) {
+		if ((r = message_arg(s, arg, &n)) != R_SENT)
+			return r;
+		mailbox_uidl(s->mb, n, uid);
+		reply_ok(s, "%u %s", n, uid);
+		return R_SENT;
+	}
+	reply_ok(s, "%s", "");
+	for (i = 1; i <= mailbox_count(s->mb); i++)
+		if (!mailbox_is_deleted(s->mb, i)) {
+			mailbox_uidl(s->mb, i, uid);
+			out_printf(&s->out, "%u %s\r\n", i, uid);
+		}
+	out_str(&s->out, ".\r\n");
+	return R_SENT;
+}
+
+/* RETR and TOP: lines < 0 sends the whole message. */
+static int
+send_message(struct session *s, unsigned n, long lines)
+{
+	int r = mailbox_check(s->mb, n);
+
+	if (r != MB_OK)
+		return mailbox_result(s, r);
+	if (lines < 0)
+		reply_ok(s, "%llu octets",
+		    (unsigned long long)mailbox_size(s->mb, n));
+	else
+		reply_ok(s, "%s", "");
+	r = mailbox_send(s->mb, n, lines, &s->out);
+	if (r == MB_OK && lines < 0) {
+		s->retr_n++;
+		s->retr_bytes += mailbox_size(s->mb, n);
+	}
+	if (r == MB_OK)
+		r = out_flush(&s->out) < 0 ? MB_CLIENT : MB_OK;
+	if (r != MB_OK) {
+		/* the +OK is out: nothing sensible can follow it */
+		mailbox_result(s, r);
+		return R_CLOSE;
+	}
+	return R_SENT;
+}
+
+static int
+cmd_retr(struct session *s, char *arg)
+{
+	unsigned n;
+	int r = message_arg(s, arg, &n);
+
+	return r != R_SENT ? r : send_message(s, n, -1);
+}
+
+static int
+cmd_top(struct session *s, char *arg)
+{
+	unsigned long lines;
+	char *sp = arg ? strchr(arg, ' ') : NULL;
+	unsigned n;
+	int r;
+
+	if (sp == NULL)
+		return R_ARG;
+	*sp = '\0';
+	if ((r = message_arg(s, arg, &n)) != R_SENT)
+		return r;
+	if (parse_number(sp + 1, LONG_MAX, &lines) < 0)
+		return R_LINES;
+	return send_message(s, n, (long)lines);
+}
+
+static int
+cmd_dele(struct session *s, char *arg)
+{
+	unsigned n;
+	int r = message_arg(s, arg, &n);
+
+	if (r != R_SENT)
+		return r;
+	mailbox_delete(s->mb, n);
+	reply_ok(s, "Marked to be deleted.");
+	return R_SENT;
+}
+
+static int
+cmd_rset(struct session *s, char *arg)
+{
+	(void)arg;
+	mailbox_reset(s->mb);
+	reply_ok(s, "%s", "");
+	return R_SENT;
+}
+
+static int
+cmd_noop(struct session *s, char *arg)
+{
+	(void)arg;
+	reply_ok(s, "%s", "");
+	return R_SENT;
+}
+
+/* QUIT: in TRANSACTION it enters UPDATE (RFC 1939 section 6). */
+static int
+cmd_quit(struct session *s, char *arg)
+{
+	unsigned n;
+	uint64_t octets;
+	int r;
+
+	(void)arg;
+	s->done = 1;
+	s->how = "quit";
+	if (s->state != ST_TRANS) {
+		reply_ok(s, "Logging out.");
+		return R_SENT;
+	}
+	mailbox_stat(s->mb, &n, &octets);
+	if (n == mailbox_count(s->mb)) {
+		reply_ok(s, "Logging out.");
+		return R_SENT;
+	}
+	r = mailbox_update(s->mb);
+	if (r == MB_OK) {
+		s->del_n = mailbox_count(s->mb) - n;
+		s->del_bytes = s->total_bytes - octets;
+		reply_ok(s, "Logging out, messages deleted.");
+		return R_SENT;
+	}
+	s->how = "aborted";
+	return r == MB_CHANGED ? R_CHANGED : R_UPDATE;
+}
+
+static int
+cmd_capa(struct session *s, char *arg)
+{
+	(void)arg;
+	reply_ok(s, "Capability list follows");
+	out_str(&s->out, "TOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n"
+	    "AUTH-RESP-CODE\r\nPIPELINING\r\nEXPIRE NEVER\r\nSASL PLAIN\r\n");
+	if (s->state == ST_TRANS)
+		out_str(&s->out, "IMPLEMENTATION pop3d " POP3D_VERSION "\r\n");
+	out_str(&s->out, ".\r\n");
+	return R_SENT;
+}
+
+/* Flags of the command table. */
+#define A_NONE	1	/* takes no argument */
+#define A_NEED	2	/* needs an argument */
+
+static const struct command {
+	const char	*name;
+	int		(*fn)(struct session *, char *);
+	int		 states;
+	int		 args;
+} commands[] = {
+	{ "USER", cmd_user, ST_AUTH,		A_NEED },
+	{ "PASS", cmd_pass, ST_AUTH,		0 },
+	{ "AUTH", cmd_auth, ST_AUTH,		0 },
+	{ "CAPA", cmd_capa, ST_AUTH | ST_TRANS,	A_NONE },
+	{ "QUIT", cmd_quit, ST_AUTH | ST_TRANS,	A_NONE },
+	{ "STAT", cmd_stat, ST_TRANS,		A_NONE },
+	{ "LIST", cmd_list, ST_TRANS,		0 },
+	{ "UIDL", cmd_uidl, ST_TRANS,		0 },
+	{ "RETR", cmd_retr, ST_TRANS,		A_NEED },
+	{ "TOP",  cmd_top,  ST_TRANS,		A_NEED },
+	{ "DELE", cmd_dele, ST_TRANS,		A_NEED },
+	{ "RSET", cmd_rset, ST_TRANS,		A_NONE },
+	{ "NOOP", cmd_noop, ST_TRANS,		A_NONE },
+};
+
+/*
+ * Writes the -ERR reply for r and counts it: wrong credentials towards
+ * POP3D_MAX_FAILS, other client mistakes towards POP3D_MAX_BAD.
+ */
+static void
+error_reply(struct session *s, int r)
+{
+	if (r == R_SENT || r == R_CLOSE)
+		return;
+	if (r == R_AUTH && ++s->fails >= POP3D_MAX_FAILS) {
+		s->done = 1;
+		s->how = "auth failures";
+	} else if (r <= R_NUL && r != R_AUTH) {	/* the client's mistakes */
+		if (++s->bad >= POP3D_MAX_BAD) {
+			r = R_BAD;
+			s->done = 1;
+			s->how = "bad commands";
+		}
+	}
+	out_printf(&s->out, "-ERR %s\r\n", errtext[r]);
+}
+
+/* Runs one command line and writes its -ERR reply if it failed. */
+static void
+dispatch(struct session *s, char *line)
+{
+	const struct command *c = NULL;
+	char *arg = strchr(line, ' ');
+	size_t i;
+	int r;
+
+	if (arg != NULL)
+		*arg++ = '\0';
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcasecmp(line, commands[i].name) == 0) {
+			c = &commands[i];
+			break;
+		}
+	/* "STAT " is STAT; only a password may be empty */
+	if (arg != NULL && arg[0] == '\0' && c != NULL && c->fn != cmd_pass)
+		arg = NULL;
+	if (c == NULL)
+		r = R_UNKNOWN;
+	else if (!(c->states & s->state))
+		r = R_STATE;
+	else if ((c->args & A_NONE && arg != NULL) ||
+	    (c->args & A_NEED && arg == NULL))
+		r = R_ARG;
+	else
+		r = c->fn(s, arg);
+	if (arg != NULL && c != NULL && (c->fn == cmd_pass ||
+	    c->fn == cmd_auth))
+		explicit_bzero(arg, strlen(arg));
+	error_reply(s, r);
+}
+
+/* Reads and runs commands until the session ends. */
+static void
+session_loop(struct session *s)
+{
+	char line[POP3D_LINE_MAX + 1];
+
+	while (!s->done) {
+		int timeout = s->state == ST_TRANS ? s->cfg->idle_timeout :
+		    POP3D_AUTH_TIMEOUT;
+
+		switch (in_line(&s->in, &s->out, line, POP3D_LINE_MAX,
+		    timeout)) {
+		case IN_LINE:
+			dispatch(s, line);
+			break;
+		case IN_LONG:
+			error_reply(s, R_TOOLONG);
+			break;
+		case IN_NUL:
+			error_reply(s, R_NUL);
+			break;
+		case IN_TIMEOUT:
+			error_reply(s, R_TIMEOUT);
+			s->done = 1;
+			s->how = "timeout";
+			break;
+		default:
+			s->done = 1;
+			s->how = "disconnect";
+			break;
+		}
+	}
+	explicit_bzero(line, sizeof(line));
+	out_flush(&s->out);
+}
+
+/* ---- privileges and locks --------------------------------------------- */
+
+/* Reads exactly len bytes.  Returns 0, or -1 on EOF or error. */
+static int
+read_full(int fd, void *buf, size_t len)
+{
+	unsigned char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Writes exactly len bytes.  Returns 0 or -1. */
+static int
+write_full(int fd, const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Becomes the user of acct for good: supplementary groups without gid
+ * mail, then gid, then uid, and checks that root cannot come back.
+ * Returns 0, or -1 when the account must not be served (uid 0, gid mail).
+ */
+static int
+drop_privileges(const struct account *acct)
+{
+	const struct group *mail = getgrnam("mail");
+	gid_t mailgid = mail ? mail->gr_gid : (gid_t)-1;
+	long max = sysconf(_SC_NGROUPS_MAX);
+	int ng = max > 0 && max < 65536 ? (int)max : 65536, i, k;
+	gid_t *groups = xreallocarray(NULL, (size_t)ng, sizeof(gid_t));
+
+	if (acct->uid == 0 || acct->gid == 0 || acct->gid == mailgid) {
+		logmsg(LOG_ERR, "refusing to serve uid %lu gid %lu",
+		    (unsigned long)acct->uid, (unsigned long)acct->gid);
+		free(groups);
+		return -1;
+	}
+	if (getgrouplist(acct->system_name, acct->gid, groups, &ng) < 0)
+		fatalx("too many groups for %s", acct->system_name);
+	for (i = k = 0; i < ng; i++)
+		if (groups[i] != mailgid && groups[i] != 0)
+			groups[k++] = groups[i];
+	if (setgroups((size_t)k, groups) < 0 ||
+	    setresgid(acct->gid, acct->gid, acct->gid) < 0 ||
+	    setresuid(acct->uid, acct->uid, acct->uid) < 0)
+		fatal("dropping privileges");
+	free(groups);
+	if (setuid(0) == 0 || getuid() != acct->uid ||
+	    geteuid() != acct->uid || getgid() != acct->gid ||
+	    getegid() != acct->gid)
+		fatalx("privileges were not dropped");
+	return 0;
+}
+
+/* The session-lock directory: made if missing, and it must be ours. */
+static int
+state_dir(const struct config *cfg, char *buf, size_t size)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+	int n;
+
+	if (cfg->state_dir != NULL)
+		n = snprintf(buf, size, "%s", cfg->state_dir);
+	else if (cfg->root)
+		n = snprintf(buf, size, "%s", POP3D_RUN_DIR);
+	else if (xdg != NULL && xdg[0] == '/')
+		n = snprintf(buf, size, "%s/pop3d", xdg);
+	else
+		n = snprintf(buf, size, "/tmp/pop3d-%lu",
+		    (unsigned long)geteuid());
+	if (n < 0 || (size_t)n >= size)
+		return -1;
+	if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
+		logmsg(LOG_ERR, "cannot create %s: %m", buf);
+		return -1;
+	}
+	if (lstat(buf, &st) < 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
+		logmsg(LOG_ERR, "unsafe state directory %s", buf);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Takes the one-session-per-maildrop lock: flock on a file named after
+ * the digest of the maildrop path, which it also holds for admins.
+ * Returns R_SENT, R_INUSE or R_SYSTEMP.
+ */
+static int
+session_lock(struct session *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	char dir[PATH_MAX], path[PATH_MAX + 64];
+	unsigned char d[MD5_DIGEST_LENGTH];
+	char name[2 * MD5_DIGEST_LENGTH + 1];
+	const char *mbox = s->acct.mailbox;
+	struct stat st;
+	MD5_CTX ctx;
+	size_t i;
+	int fd;
+
+	if (state_dir(s->cfg, dir, sizeof(dir)) < 0)
+		return R_SYSTEMP;
+	MD5Init(&ctx);
+	MD5Update(&ctx, (const unsigned char *)mbox, strlen(mbox));
+	MD5Final(d, &ctx);
+	for (i = 0; i < sizeof(d); i++) {
+		name[2 * i] = hex[d[i] >> 4];
+		name[2 * i + 1] = hex[d[i] & 15];
+	}
+	name[2 * sizeof(d)] = '\0';
+	snprintf(path, sizeof(path), "%s/%s.lock", dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    st.st_uid != geteuid()) {
+		logmsg(LOG_ERR, "session lock %s: unsafe or unusable", path);
+		if (fd >= 0)
+			close(fd);
+		return R_SYSTEMP;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		close(fd);
+		return errno == EWOULDBLOCK ? R_INUSE : R_SYSTEMP;
+	}
+	if (ftruncate(fd, 0) == 0)
+		(void)write_full(fd, mbox, strlen(mbox));
+	s->lock_fd = fd;
+	return R_SENT;
+}
+
+/*
+ * After a successful login: session lock, privilege drop (root mode),
+ * maildrop open and scan, and the +OK.  Any failure ends the session.
+ */
+static int
+session_start(struct session *s)
+{
+	char ubuf[3 * POP3D_USER_MAX + 1];
+	uid_t owner = s->cfg->root ? s->acct.uid : geteuid();
+	unsigned n;
+	int r;
+
+	s->done = 1;
+	s->how = "aborted";
+	if ((r = session_lock(s)) != R_SENT)
+		return r;
+	if (s->cfg->root && drop_privileges(&s->acct) < 0)
+		return R_SYSTEMP;
+	r = mailbox_open(&s->mb, s->acct.mailbox, owner, s->cfg->uidl_mode,
+	    s->cfg->lock_timeout);
+	if (r != MB_OK)
+		return r == MB_TEMP ? R_LOCKED : R_PERM;
+	mailbox_stat(s->mb, &n, &s->total_bytes);
+	logmsg(LOG_INFO, "mailbox loaded: user=%s messages=%u bytes=%llu",
+	    log_user(s, ubuf, sizeof(ubuf)), n,
+	    (unsigned long long)s->total_bytes);
+	s->done = 0;
+	s->how = NULL;
+	s->state = ST_TRANS;
+	reply_ok(s, "Logged in.");
+	return R_SENT;
+}
+
+/* Logs the outcome of one login attempt. */
+static void
+log_login(const struct session *s, const char *user, int r)
+{
+	char ubuf[3 * POP3D_USER_MAX + 1];
+
+	log_escape(ubuf, sizeof(ubuf), user, strlen(user));
+	if (r == AUTH_OK)
+		logmsg(LOG_INFO, "login: user=%s%s", ubuf,
+		    s->acct.virtual ? " (virtual)" : "");
+	else
+		logmsg(LOG_NOTICE, "login failed: user=%s%s", ubuf,
+		    r == AUTH_TEMP ? " (temporary failure)" : "");
+}
+
+/* Sleeps ms milliseconds (the delay after a failed login). */
+static void
+delay_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* User mode: checks the login here and starts the session. */
+static int
+login_direct(struct session *s, const char *user, char *pass)
+{
+	int r = auth_login(s->cfg, user, pass, s->rhost, &s->acct);
+
+	log_login(s, user, r);
+	if (r != AUTH_OK) {
+		delay_ms(s->cfg->fail_delay_ms);
+		return r == AUTH_TEMP ? R_SYSTEMP : R_AUTH;
+	}
+	return session_start(s);
+}
+
+/* The record the pre-auth child sends per login attempt. */
+struct login_rec {
+	uint32_t	ulen, plen;
+	char		user[POP3D_USER_MAX + 1];
+	char		pass[POP3D_PASS_MAX + 1];
+};
+
+/*
+ * Pre-auth child: sends the attempt to the parent and waits for its
+ * verdict.  On success hands over the pipelined input and exits: the
+ * parent answers from then on.
+ */
+static int
+login_child(struct session *s, const char *user, char *pass)
+{
+	struct login_rec rec;
+	uint32_t left;
+	char v;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.ulen = (uint32_t)strnlen(user, POP3D_USER_MAX);
+	rec.plen = (uint32_t)strnlen(pass, POP3D_PASS_MAX);
+	memcpy(rec.user, user, rec.ulen);
+	memcpy(rec.pass, pass, rec.plen);
+	if (strlen(pass) > POP3D_PASS_MAX)
+		rec.ulen = 0;		/* refused like a wrong password */
+	explicit_bzero(pass, strlen(pass));
+	if (out_flush(&s->out) < 0 ||
+	    write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
+	    read_full(s->priv_fd, &v, 1) < 0) {
+		explicit_bzero(&rec, sizeof(rec));
+		_exit(1);
+	}
+	explicit_bzero(&rec, sizeof(rec));
+	if (v == 'N')
+		return R_AUTH;
+	if (v != 'Y')
+		return R_SYSTEMP;
+	left = (uint32_t)in_pending(&s->in);
+	if (write_full(s->priv_fd, &left, sizeof(left)) < 0 ||
+	    write_full(s->priv_fd, s->in.buf + s->in.start, left) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+static int
+login(struct session *s, const char *user, char *pass)
+{
+	if (s->priv_fd >= 0)
+		return login_child(s, user, pass);
+	return login_direct(s, user, pass);
+}
+
+/* Root mode, in the child: chroot to the empty directory and become the
+ * unprivileged user, with nothing that could bring privileges back. */
+static void
+child_confine(const struct passwd *pw)
+{
+	if (chroot(POP3D_EMPTY_DIR) < 0 || chdir("/") < 0)
+		fatal("chroot %s", POP3D_EMPTY_DIR);
+	if (setgroups(0, NULL) < 0 ||
+	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0)
+		fatal("dropping to %s", POP3D_USER);
+	if (setuid(0) == 0)
+		fatalx("privileges were not dropped");
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		fatal("PR_SET_NO_NEW_PRIVS");
+}
+
+/*
+ * Root mode, in the parent: checks each attempt the child sends.  Returns
+ * 1 when a login succeeded (s->acct and s->in are set), 0 when the child
+ * ended the session.
+ */
+static int
+parent_auth(struct session *s, int fd)
+{
+	struct login_rec rec;
+	uint32_t left;
+	char buf[POP3D_INBUF];
+	int fails = 0, r;
+
+	while (fails < POP3D_MAX_FAILS && read_full(fd, &rec, sizeof(rec)) == 0) {
+		if (rec.ulen > POP3D_USER_MAX || rec.plen > POP3D_PASS_MAX)
+			fatalx("bad record from the pre-auth child");
+		rec.user[rec.ulen] = '\0';
+		rec.pass[rec.plen] = '\0';
+		/* a NUL inside the name shortens it: refuse that outright */
+		if (strlen(rec.user) != rec.ulen)
+			rec.user[0] = '\0';
+		r = auth_login(s->cfg, rec.user, rec.pass, s->rhost, &s->acct);
+		log_login(s, rec.user, r);
+		explicit_bzero(&rec, sizeof(rec));
+		if (r == AUTH_OK) {
+			if (write_full(fd, "Y", 1) < 0 ||
+			    read_full(fd, &left, sizeof(left)) < 0 ||
+			    left > sizeof(buf) || read_full(fd, buf, left) < 0)
+				return 0;
+			in_preload(&s->in, buf, left);
+			return 1;
+		}
+		fails++;
+		delay_ms(s->cfg->fail_delay_ms);
+		if (write_full(fd, r == AUTH_TEMP ? "T" : "N", 1) < 0)
+			break;
+	}
+	return 0;
+}
+
+/* Logs the session summary line. */
+static void
+log_summary(const struct session *s)
+{
+	char ubuf[3 * POP3D_USER_MAX + 1];
+	unsigned n = 0;
+	uint64_t octets = 0;
+
+	if (s->mb != NULL)
+		mailbox_stat(s->mb, &n, &octets);
+	logmsg(LOG_INFO, "session end: user=%s retr=%u/%llu del=%u/%llu "
+	    "left=%u/%llu %s", log_user(s, ubuf, sizeof(ubuf)),
+	    s->retr_n, (unsigned long long)s->retr_bytes, s->del_n,
+	    (unsigned long long)s->del_bytes, n, (unsigned long long)octets,
+	    s->how ? s->how : "disconnect");
+}
+
+/* Root mode: forks the pre-auth child and serves the session after it. */
+static int
+run_root(struct session *s)
+{
+	const struct passwd *pw = getpwnam(POP3D_USER);
+	struct stat st;
+	int sv[2], status, ok;
+	pid_t pid;
+
+	if (pw == NULL || pw->pw_uid == 0) {
+		logmsg(LOG_ERR, "user %s is missing; run make install",
+		    POP3D_USER);
+		return 1;
+	}
+	if (stat(POP3D_EMPTY_DIR, &st) < 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != 0 || (st.st_mode & 022) != 0) {
+		logmsg(LOG_ERR, "directory %s is missing or unsafe; run make "
+		    "install", POP3D_EMPTY_DIR);
+		return 1;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		fatal("socketpair");
+	if ((pid = fork()) < 0)
+		fatal("fork");
+	if (pid == 0) {
+		close(sv[0]);
+		child_confine(pw);
+		s->priv_fd = sv[1];
+		out_str(&s->out, "+OK pop3d ready.\r\n");
+		session_loop(s);
+		_exit(0);
+	}
+	close(sv[1]);
+	ok = parent_auth(s, sv[0]);
+	close(sv[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (!ok) {
+		s->how = "auth ended";
+		return 0;
+	}
+	error_reply(s, session_start(s));
+	session_loop(s);
+	return 0;
+}
+
+/* --list-uidl USER: prints the unique-id listing of a maildrop. */
+static int
+list_uidl(const struct config *cfg, const char *user)
+{
+	char uid[POP3D_UIDL_MAX + 1];
+	struct account acct;
+	struct mailbox *mb;
+	struct passwd *pw = getpwnam(user);
+	unsigned i;
+
+	memset(&acct, 0, sizeof(acct));
+	if (pw == NULL || (!cfg->root && pw->pw_uid != getuid())) {
+		fprintf(stderr, "pop3d: %s: no such user, or not you\n", user);
+		return 1;
+	}
+	snprintf(acct.name, sizeof(acct.name), "%s", pw->pw_name);
+	snprintf(acct.system_name, sizeof(acct.system_name), "%s",
+	    pw->pw_name);
+	snprintf(acct.home, sizeof(acct.home), "%s", pw->pw_dir);
+	acct.uid = pw->pw_uid;
+	acct.gid = pw->pw_gid;
+	if (auth_mailbox_path(cfg->mailbox, &acct, acct.mailbox,
+	    sizeof(acct.mailbox)) < 0) {
+		fprintf(stderr, "pop3d: bad mailbox template\n");
+		return 1;
+	}
+	if (cfg->root && drop_privileges(&acct) < 0)
+		return 1;
+	if (mailbox_open(&mb, acct.mailbox, acct.uid, cfg->uidl_mode,
+	    cfg->lock_timeout) != MB_OK) {
+		fprintf(stderr, "pop3d: %s: cannot open mailbox\n",
+		    acct.mailbox);
+		return 1;
+	}
+	for (i = 1; i <= mailbox_count(mb); i++) {
+		mailbox_uidl(mb, i, uid);
+		printf("%u %s\n", i, uid);
+	}
+	mailbox_close(mb);
+	return fflush(stdout) == 0 ? 0 : 1;
+}
+
+#ifndef POP3D_NO_MAIN
+
+static void __attribute__((noreturn))
+usage(int status)
+{
+	fprintf(status ? stderr : stdout,
+"usage: pop3d [options]\n"
+"  --mailbox TEMPLATE     maildrop path, %%u user, %%h home (default %s)\n"
+"  --passwd-file FILE     virtual users: lines user:crypt-hash[:mailbox]\n"
+"  --virtual-user USER    system user that virtual users run as (root mode)\n"
+"  --pam-service NAME     PAM service name (default %s)\n"
+"  --state-dir DIR        where session locks live (default %s as root)\n"
+"  --idle-timeout SECONDS autologout after login (default %d, at least 600)\n"
+"  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
+"  --fail-delay MS        delay after a failed login (default %d)\n"
+"  --uidl MODE            digest, x-uidl or x-uid (default digest)\n"
+"  --list-uidl USER       print the UIDL listing of USER's maildrop, exit\n"
+"  -d, --debug            log to stderr instead of syslog\n"
+"  -V, --version          print the version and exit\n"
+"  -h, --help             print this help and exit\n",
+	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_RUN_DIR,
+	    POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT, POP3D_FAIL_DELAY_MS);
+	exit(status);
+}
+
+/* Parses a numeric option value in [lo, hi] or exits with usage. */
+static int
+option_number(const char *name, const char *arg, unsigned long lo,
+    unsigned long hi)
+{
+	unsigned long v;
+
+	if (parse_number(arg, hi, &v) < 0 || v < lo) {
+		fprintf(stderr, "pop3d: --%s: want a number from %lu to %lu\n",
+		    name, lo, hi);
+		usage(2);
+	}
+	return (int)v;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "mailbox",	  required_argument, NULL, 'm' },
+		{ "passwd-file",  required_argument, NULL, 'P' },
+		{ "virtual-user", required_argument, NULL, 'U' },
+		{ "pam-service",  required_argument, NULL, 's' },
+		{ "state-dir",	  required_argument, NULL, 'S' },
+		{ "idle-timeout", required_argument, NULL, 't' },
+		{ "lock-timeout", required_argument, NULL, 'l' },
+		{ "fail-delay",	  required_argument, NULL, 'f' },
+		{ "uidl",	  required_argument, NULL, 'i' },
+		{ "list-uidl",	  required_argument, NULL, 'u' },
+		{ "debug",	  no_argument,	     NULL, 'd' },
+		{ "version",	  no_argument,	     NULL, 'V' },
+		{ "help",	  no_argument,	     NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct config cfg = {
+		.mailbox = POP3D_MAILBOX,
+		.pam_service = POP3D_PAM_SERVICE,
+		.idle_timeout = POP3D_IDLE_TIMEOUT,
+		.lock_timeout = POP3D_LOCK_TIMEOUT,
+		.fail_delay_ms = POP3D_FAIL_DELAY_MS,
+		.uidl_mode = UIDL_DIGEST,
+	};
+	static struct session sess;
+	struct session *s = &sess;
+	const char *list_user = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+	struct rlimit rl = { 0, 0 };
+	char host[NI_MAXHOST];
+	int c, status;
+
+	while ((c = getopt_long(argc, argv, "dVh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'm': cfg.mailbox = optarg; break;
+		case 'P': cfg.passwd_file = optarg; break;
+		case 'U': cfg.virtual_user = optarg; break;
+		case 's': cfg.pam_service = optarg; break;
+		case 'S': cfg.state_dir = optarg; break;
+		case 't':
+			cfg.idle_timeout = option_number("idle-timeout",
+			    optarg, 1, 86400);
+			break;
+		case 'l':
+			cfg.lock_timeout = option_number("lock-timeout",
+			    optarg, 1, 3600);
+			break;
+		case 'f':
+			cfg.fail_delay_ms = option_number("fail-delay",
+			    optarg, 0, 60000);
+			break;
+		case 'i':
+			if (strcmp(optarg, "digest") == 0)
+				cfg.uidl_mode = UIDL_DIGEST;
+			else if (strcmp(optarg, "x-uidl") == 0)
+				cfg.uidl_mode = UIDL_XUIDL;
+			else if (strcmp(optarg, "x-uid") == 0)
+				cfg.uidl_mode = UIDL_XUID;
+			else {
+				fprintf(stderr, "pop3d: --uidl: digest, "
+				    "x-uidl or x-uid\n");
+				usage(2);
+			}
+			break;
+		case 'u': list_user = optarg; break;
+		case 'd': cfg.debug = 1; break;
+		case 'V':
+			printf("pop3d %s\n", POP3D_VERSION);
+			return 0;
+		case 'h': usage(0);
+		default: usage(2);
+		}
+	}
+	if (optind != argc)
+		usage(2);
+	if (geteuid() == 0 && getuid() != 0) {
+		fprintf(stderr, "pop3d: must not be installed setuid\n");
+		return 2;
+	}
+	cfg.root = getuid() == 0;
+	umask(077);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
+	(void)setrlimit(RLIMIT_CORE, &rl);
+	log_init(cfg.debug);
+	if (list_user != NULL)
+		return list_uidl(&cfg, list_user);
+
+	s->cfg = &cfg;
+	s->priv_fd = -1;
+	s->lock_fd = -1;
+	s->state = ST_AUTH;
+	in_init(&s->in, STDIN_FILENO);
+	out_init(&s->out, STDOUT_FILENO);
+	if (getpeername(STDIN_FILENO, (struct sockaddr *)&ss, &sslen) == 0 &&
+	    getnameinfo((struct sockaddr *)&ss, sslen, host, sizeof(host),
+	    NULL, 0, NI_NUMERICHOST) == 0)
+		s->rhost = host;
+	logmsg(LOG_INFO, "connect from %s", s->rhost ? s->rhost : "local");
+
+	if (cfg.root)
+		status = run_root(s);
+	else {
+		out_str(&s->out, "+OK pop3d ready.\r\n");
+		session_loop(s);
+		status = 0;
+	}
+	if (status == 0)
+		log_summary(s);
+	if (s->mb != NULL)
+		mailbox_close(s->mb);
+	out_flush(&s->out);
+	return status;
+}
+
+#endif /* POP3D_NO_MAIN */

@@ -1,0 +1,92 @@
+/*
+ * pop3d.h: every limit and default of pop3d, each with its reason, and the
+ * types shared between the modules.
+ */
+#ifndef POP3D_H
+#define POP3D_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define POP3D_VERSION		"0.1"
+
+/* RFC 2449 section 4: a command line is at most 255 octets with its CRLF. */
+#define POP3D_LINE_MAX		255
+/* RFC 5034 lifts the 255 limit for SASL continuation lines; base64 of
+ * authzid NUL authcid NUL password, each at most 255 octets, fits here. */
+#define POP3D_SASL_LINE_MAX	1100
+/* Longest login name we accept; system and virtual names are far shorter. */
+#define POP3D_USER_MAX		64
+/* Longest password we pass on; longer ones are refused like wrong ones. */
+#define POP3D_PASS_MAX		255
+/* RFC 1939 section 7: a unique-id is 1 to 70 characters 0x21..0x7E. */
+#define POP3D_UIDL_MAX		70
+/* Failed logins before the session ends (DESIGN 4). */
+#define POP3D_MAX_FAILS		3
+/* Bad commands before the session ends: a confused or hostile client. */
+#define POP3D_MAX_BAD		20
+/* RFC 1939 section 3: an autologout timer must be at least 10 minutes. */
+#define POP3D_IDLE_TIMEOUT	600
+/* Before login nothing needs ten minutes; free the slot sooner. */
+#define POP3D_AUTH_TIMEOUT	60
+/* Delay after a failed login, in milliseconds: slows password guessing. */
+#define POP3D_FAIL_DELAY_MS	1000
+/* Total wait for the mailbox locks before [SYS/TEMP], in seconds; a
+ * delivery holds them for well under a second. */
+#define POP3D_LOCK_TIMEOUT	20
+/* Back-off between two lock attempts, random in this range (ms). */
+#define POP3D_LOCK_BACKOFF_MIN	5
+#define POP3D_LOCK_BACKOFF_MAX	100
+/* Read and write block for the mailbox: large enough to stream at memory
+ * speed, small enough to keep the session process tiny. */
+#define POP3D_BLOCK		65536
+/* Output buffer towards the client. */
+#define POP3D_OUTBUF		16384
+/* Input buffer from the client: several pipelined command lines. */
+#define POP3D_INBUF		4096
+
+/* Defaults that an option can change. */
+#define POP3D_MAILBOX		"/var/mail/%u"
+#define POP3D_PAM_SERVICE	"pop3d"
+/* Unprivileged user for the pre-authentication child. */
+#define POP3D_USER		"pop3d"
+/* Empty directory the pre-authentication child is chrooted to. */
+#define POP3D_EMPTY_DIR		"/var/lib/pop3d/empty"
+/* Where root mode keeps its per-maildrop session locks. */
+#define POP3D_RUN_DIR		"/run/pop3d"
+
+enum uidl_mode {
+	UIDL_DIGEST,	/* digest of the delivery headers (default) */
+	UIDL_XUIDL,	/* X-UIDL: header (Qpopper, Mailutils) */
+	UIDL_XUID	/* X-UID: under X-IMAPbase/X-IMAP (UW, Dovecot) */
+};
+
+struct config {
+	const char	*mailbox;	/* template: %u user, %h home, %% */
+	const char	*passwd_file;	/* virtual users, or NULL */
+	const char	*pam_service;
+	const char	*virtual_user;	/* system user for virtual users */
+	const char	*state_dir;	/* session locks; NULL: default */
+	int		 idle_timeout;	/* seconds, after login */
+	int		 lock_timeout;	/* seconds */
+	int		 fail_delay_ms;
+	int		 debug;
+	int		 root;		/* started as root: privilege separation */
+	enum uidl_mode	 uidl_mode;
+};
+
+/* log.c */
+void	log_init(int debug);
+void	logmsg(int prio, const char *fmt, ...)
+	    __attribute__((format(printf, 2, 3)));
+void	fatal(const char *fmt, ...)
+	    __attribute__((format(printf, 1, 2), noreturn));
+void	fatalx(const char *fmt, ...)
+	    __attribute__((format(printf, 1, 2), noreturn));
+char	*log_escape(char *dst, size_t dstsize, const char *src, size_t len);
+void	*xmalloc(size_t n);
+void	*xreallocarray(void *p, size_t n, size_t size);
+char	*xstrdup(const char *s);
+
+#endif
