@@ -22,7 +22,7 @@ log_init(int debug)
 		openlog("pop3d", LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
-static void
+static void __attribute__((format(printf, 2, 0)))
 vlog(int prio, const char *fmt, va_list ap)
 {
 	if (log_debug) {

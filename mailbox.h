@@ -68,9 +68,21 @@ int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
  */
 int	mailbox_update(struct mailbox *);
 
-/* Streaming LF->CRLF and dot-stuffing of one block, for mailbox_send and
- * the unit tests: *bol says whether src starts a line and is updated. */
+/*
+ * Streaming LF->CRLF and dot-stuffing, for mailbox_send and the unit
+ * tests.  A message is sent as mailbox_emit_init(), any number of
+ * mailbox_emit() calls on consecutive pieces of it (split anywhere), then
+ * mailbox_emit_end().  A stored CRLF is sent as it is (one CRLF, never
+ * CR CR LF); any other LF becomes CRLF.  mailbox_emit_end() completes a
+ * last line that has no LF and writes the terminating ".\r\n".
+ */
+struct emit {
+	int	bol;		/* the next octet starts a line */
+	int	cr;		/* the last octet written was a CR */
+};
+void	mailbox_emit_init(struct emit *);
 void	mailbox_emit(struct out *, const unsigned char *src, size_t len,
-	    int *bol);
+	    struct emit *);
+void	mailbox_emit_end(struct out *, struct emit *);
 
 #endif

@@ -125,7 +125,6 @@ reply_ok(struct session *s, const char *fmt, ...)
  * Parses a decimal number: digits only, no sign or space, at most max.
  * Returns 0 with *v set, or -1.
  */
-int	parse_number(const char *p, unsigned long max, unsigned long *v);
 int
 parse_number(const char *p, unsigned long max, unsigned long *v)
 {
@@ -1000,12 +999,14 @@ run_root(struct session *s)
 	if (pw == NULL || pw->pw_uid == 0) {
 		logmsg(LOG_ERR, "user %s is missing; run make install",
 		    POP3D_USER);
+		error_reply(s, R_SYSTEMP);
 		return 1;
 	}
 	if (stat(POP3D_EMPTY_DIR, &st) < 0 || !S_ISDIR(st.st_mode) ||
 	    st.st_uid != 0 || (st.st_mode & 022) != 0) {
 		logmsg(LOG_ERR, "directory %s is missing or unsafe; run make "
 		    "install", POP3D_EMPTY_DIR);
+		error_reply(s, R_SYSTEMP);
 		return 1;
 	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
@@ -1076,6 +1077,44 @@ list_uidl(const struct config *cfg, const char *user)
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 
+/*
+ * Serves one whole session on infd/outfd: root mode with the pre-auth
+ * child when cfg->root, else user mode.  rhost is the peer or NULL.
+ * Returns the exit status.
+ */
+int
+pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
+{
+	struct session *s = xmalloc(sizeof(*s));
+	int status = 0;
+
+	memset(s, 0, sizeof(*s));
+	s->cfg = cfg;
+	s->rhost = rhost;
+	s->priv_fd = -1;
+	s->lock_fd = -1;
+	s->state = ST_AUTH;
+	in_init(&s->in, infd);
+	out_init(&s->out, outfd);
+	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
+	if (cfg->root)
+		status = run_root(s);
+	else {
+		out_str(&s->out, "+OK pop3d ready.\r\n");
+		session_loop(s);
+	}
+	if (status == 0)
+		log_summary(s);
+	out_flush(&s->out);
+	if (s->mb != NULL)
+		mailbox_close(s->mb);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	explicit_bzero(s, sizeof(*s));
+	free(s);
+	return status;
+}
+
 #ifndef POP3D_NO_MAIN
 
 static void __attribute__((noreturn))
@@ -1143,14 +1182,12 @@ main(int argc, char **argv)
 		.fail_delay_ms = POP3D_FAIL_DELAY_MS,
 		.uidl_mode = UIDL_DIGEST,
 	};
-	static struct session sess;
-	struct session *s = &sess;
-	const char *list_user = NULL;
+	const char *list_user = NULL, *rhost = NULL;
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	struct rlimit rl = { 0, 0 };
 	char host[NI_MAXHOST];
-	int c, status;
+	int c;
 
 	while ((c = getopt_long(argc, argv, "dVh", longopts, NULL)) != -1) {
 		switch (c) {
@@ -1208,31 +1245,11 @@ main(int argc, char **argv)
 	if (list_user != NULL)
 		return list_uidl(&cfg, list_user);
 
-	s->cfg = &cfg;
-	s->priv_fd = -1;
-	s->lock_fd = -1;
-	s->state = ST_AUTH;
-	in_init(&s->in, STDIN_FILENO);
-	out_init(&s->out, STDOUT_FILENO);
 	if (getpeername(STDIN_FILENO, (struct sockaddr *)&ss, &sslen) == 0 &&
 	    getnameinfo((struct sockaddr *)&ss, sslen, host, sizeof(host),
 	    NULL, 0, NI_NUMERICHOST) == 0)
-		s->rhost = host;
-	logmsg(LOG_INFO, "connect from %s", s->rhost ? s->rhost : "local");
-
-	if (cfg.root)
-		status = run_root(s);
-	else {
-		out_str(&s->out, "+OK pop3d ready.\r\n");
-		session_loop(s);
-		status = 0;
-	}
-	if (status == 0)
-		log_summary(s);
-	if (s->mb != NULL)
-		mailbox_close(s->mb);
-	out_flush(&s->out);
-	return status;
+		rhost = host;
+	return pop3d_session(&cfg, STDIN_FILENO, STDOUT_FILENO, rhost);
 }
 
 #endif /* POP3D_NO_MAIN */

@@ -46,6 +46,18 @@
 /* Input buffer from the client: several pipelined command lines. */
 #define POP3D_INBUF		4096
 
+/* Octets of a line kept to classify it (From_ line, header name, the
+ * values of X-UIDL/X-UID/X-IMAP/Subject); longer lines still stream. */
+#define MBOX_HEAD_MAX		1024
+/* Most messages one maildrop may hold: about 128 MB of struct msg. */
+#define MBOX_MAX_MESSAGES	(1U << 21)
+/* Octets at the end of the scanned file whose digest is kept: appended
+ * mail must leave them alone. */
+#define MBOX_TAIL_MAX		4096
+/* Longest wait (ms) after a scan for the clock to pass the mtime, so that
+ * any later write changes the mtime (1-second filesystems need it). */
+#define MBOX_SETTLE_MS		1100
+
 /* Defaults that an option can change. */
 #define POP3D_MAILBOX		"/var/mail/%u"
 #define POP3D_PAM_SERVICE	"pop3d"
@@ -75,6 +87,11 @@ struct config {
 	int		 root;		/* started as root: privilege separation */
 	enum uidl_mode	 uidl_mode;
 };
+
+/* pop3d.c */
+int	pop3d_session(const struct config *, int infd, int outfd,
+	    const char *rhost);
+int	parse_number(const char *, unsigned long max, unsigned long *v);
 
 /* log.c */
 void	log_init(int debug);

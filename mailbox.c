@@ -1,0 +1,1492 @@
+/*
+ * mailbox.c: the user's mbox maildrop.  Open checks, the fcntl + dot
+ * locks, the streaming scanner, UIDLs, change detection, message output
+ * (LF->CRLF, dot-stuffing, TOP) and the in-place compaction at UPDATE.
+ *
+ * The file is hostile input: everything is read in POP3D_BLOCK pieces,
+ * no line or message is ever held whole, and per message only a small
+ * struct msg is kept.
+ */
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <lockfile.h>
+#include <md5.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailbox.h"
+
+#define MSG_DELETED	0x1
+#define MSG_XUID	0x2		/* xuid holds a valid X-UID value */
+
+/* One message; 64 octets. */
+struct msg {
+	off_t		 from;		/* its From_ line */
+	off_t		 data;		/* first octet of the content */
+	off_t		 end;		/* end of the content, separator excluded */
+	uint64_t	 size;		/* octets as RETR sends them */
+	uint64_t	 fp;		/* digest of the fp_len octets at from */
+	uint32_t	 fp_len;	/* From_ line + header, capped */
+	uint32_t	 flags;
+	uint32_t	 xuid;		/* X-UID value (UIDL_XUID) */
+	uint32_t	 suffix;	/* duplicate id: "-suffix"; 0: none */
+	unsigned char	 digest[8];	/* popa3d UIDL octets, in print order */
+};
+
+struct mailbox {
+	int		 fd;		/* -1: no file, an empty maildrop */
+	int		 locked;
+	int		 lock_timeout;
+	enum uidl_mode	 mode;
+	char		*path;
+	char		*lockpath;
+	dev_t		 dev;
+	ino_t		 ino;
+	off_t		 size;		/* size scanned */
+	struct timespec	 mtime;		/* mtime scanned */
+	struct msg	*msgs;
+	char		**xuidl;	/* X-UIDL values (UIDL_XUIDL) or NULL */
+	unsigned	 count, alloc;
+	unsigned	 live;		/* messages not deleted */
+	uint64_t	 live_octets;
+	uint32_t	 uidvalidity;	/* from X-IMAPbase:/X-IMAP:, 0: none */
+	int		 pseudo;	/* hidden pseudo-message at offset 0 */
+	uint64_t	 pseudo_fp;
+	uint32_t	 pseudo_fp_len;
+	uint64_t	 tail_fp;
+	uint32_t	 tail_len;
+	unsigned char	*buf;		/* POP3D_BLOCK */
+};
+
+/* ---- small I/O helpers -------------------------------------------- */
+
+/* Reads len octets at off.  Returns the count read (short only at EOF),
+ * or -1 with errno set. */
+static ssize_t
+read_at(int fd, unsigned char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done,
+		    off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* Writes len octets at off.  Returns 0, or -1 with errno set. */
+static int
+write_at(int fd, const unsigned char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, buf + done, len - done,
+		    off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {
+			errno = EIO;
+			return -1;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* The first 8 octets of an MD5 digest as one number. */
+static uint64_t
+md5_fold(MD5_CTX *ctx)
+{
+	uint8_t d[MD5_DIGEST_LENGTH];
+	uint64_t v = 0;
+	int i;
+
+	MD5Final(d, ctx);
+	for (i = 0; i < 8; i++)
+		v = v << 8 | d[i];
+	return v;
+}
+
+/* Digest of len octets at off, or -1 on a short read or error. */
+static int
+digest_at(struct mailbox *mb, off_t off, size_t len, uint64_t *v)
+{
+	MD5_CTX ctx;
+	ssize_t n = read_at(mb->fd, mb->buf, len, off);
+
+	if (n < 0 || (size_t)n != len)
+		return -1;
+	MD5Init(&ctx);
+	MD5Update(&ctx, mb->buf, len);
+	*v = md5_fold(&ctx);
+	return 0;
+}
+
+static size_t
+min_size(size_t a, uint64_t b)
+{
+	return b < a ? (size_t)b : a;
+}
+
+/* ---- the From_ line ----------------------------------------------- */
+
+static int
+tok_is_word(const char *t, size_t n, const char *const *words)
+{
+	for (; *words != NULL; words++)
+		if (n == 3 && strncasecmp(t, *words, 3) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+all_digits(const char *t, size_t n, size_t min, size_t max)
+{
+	size_t i;
+
+	if (n < min || n > max)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (t[i] < '0' || t[i] > '9')
+			return 0;
+	return 1;
+}
+
+/* hh:mm or hh:mm:ss, hour with one or two digits. */
+static int
+tok_is_time(const char *t, size_t n)
+{
+	size_t h = (n > 1 && t[1] == ':') ? 1 : 2;
+
+	if (n != h + 3 && n != h + 6)
+		return 0;
+	if (!all_digits(t, h, 1, 2) || t[h] != ':' ||
+	    !all_digits(t + h + 1, 2, 2, 2))
+		return 0;
+	return n == h + 3 || (t[h + 3] == ':' && all_digits(t + h + 4, 2, 2, 2));
+}
+
+/* A zone: "PST", "MET", "DST", "+0100", "-0500". */
+static int
+tok_is_zone(const char *t, size_t n)
+{
+	size_t i;
+
+	if (n == 5 && (t[0] == '+' || t[0] == '-'))
+		return all_digits(t + 1, 4, 4, 4);
+	if (n < 1 || n > 5)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!((t[i] >= 'A' && t[i] <= 'Z') || (t[i] >= 'a' && t[i] <= 'z')))
+			return 0;
+	return 1;
+}
+
+#define FROM_TOKENS	(MBOX_HEAD_MAX / 2 + 1)
+
+/*
+ * Is the date, starting at token i of k, the rest of a From_ line?
+ * weekday month day time [zone [zone]] year [zone] [remote from ...]
+ */
+static int
+from_date_at(const char *const *t, const size_t *n, size_t i, size_t k)
+{
+	static const char *const days[] = { "Mon", "Tue", "Wed", "Thu",
+	    "Fri", "Sat", "Sun", NULL };
+	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr",
+	    "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", NULL };
+	size_t j, zones;
+
+	if (k - i < 5 || !tok_is_word(t[i], n[i], days) ||
+	    !tok_is_word(t[i + 1], n[i + 1], months) ||
+	    !all_digits(t[i + 2], n[i + 2], 1, 2) ||
+	    !tok_is_time(t[i + 3], n[i + 3]))
+		return 0;
+	for (j = i + 4, zones = 0; j < k && zones < 2 &&
+	    tok_is_zone(t[j], n[j]); j++)
+		zones++;
+	if (j == k || !(all_digits(t[j], n[j], 4, 4) ||
+	    all_digits(t[j], n[j], 2, 2)))
+		return 0;
+	j++;
+	if (j < k && zones == 0 && tok_is_zone(t[j], n[j]))
+		j++;		/* "remote" is too long to be a zone */
+	if (j == k)
+		return 1;
+	return k - j >= 2 && n[j] == 6 && strncmp(t[j], "remote", 6) == 0 &&
+	    n[j + 1] == 4 && strncmp(t[j + 1], "from", 4) == 0;
+}
+
+/*
+ * Validates a whole From_ line (with its line end) the way mail readers
+ * do: "From ", an envelope sender (any tokens, possibly none), then a
+ * ctime-style date with the usual variants.  A body line such as
+ * "From here we go" does not pass.
+ */
+static int
+from_line_valid(const unsigned char *line, size_t len)
+{
+	const char *t[FROM_TOKENS];
+	size_t n[FROM_TOKENS], k = 0, i;
+	const char *s = (const char *)line;
+
+	if (len < 5 || memcmp(s, "From ", 5) != 0)
+		return 0;
+	while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r'))
+		len--;
+	for (i = 5; i < len && k < FROM_TOKENS; ) {
+		size_t b;
+
+		while (i < len && (s[i] == ' ' || s[i] == '\t'))
+			i++;
+		if (i == len)
+			break;
+		for (b = i; i < len && s[i] != ' ' && s[i] != '\t'; i++)
+			;
+		t[k] = s + b;
+		n[k++] = i - b;
+	}
+	if (i < len)
+		return 0;
+	for (i = 0; i + 5 <= k; i++)
+		if (from_date_at(t, n, i, k))
+			return 1;
+	return 0;
+}
+
+/* ---- the scanner ---------------------------------------------------- */
+
+enum { LK_TEXT, LK_BLANK, LK_FROM };
+
+/*
+ * The scanner is fed the file in blocks and cuts them into lines.  The
+ * first MBOX_HEAD_MAX octets of each line are gathered in head[] (across
+ * block boundaries) and the line is classified once they are known (or
+ * the line ended): a From_ line, a blank line or text.  The rest of a
+ * longer line streams past in fragments.
+ *
+ * State and invariants:
+ * - line_off is the file offset of the current line; line_len counts its
+ *   octets so far; last2[] holds its last two octets (for CR before LF).
+ * - boundary: the previous line was blank, or line_off is 0.  Only then
+ *   can a From_ line start a message; at offset 0 any "From " line does,
+ *   elsewhere the whole line must fit in head[] and carry a valid date.
+ * - in_msg: a message has started (after offset 0 it always has: a file
+ *   not starting with "From " is malformed).  cur is that message; its
+ *   size counts every content line already complete, as sent (LF not
+ *   after CR counts as CRLF).
+ * - pending: the last complete line was blank and is not counted yet: if
+ *   a From_ line follows, it was the separator (excluded, and cur ends at
+ *   blank_off); if text follows, it was content (2 octets).  At EOF a
+ *   pending blank line is the final separator and excluded.
+ * - in_header: between the From_ line and the first blank line.  There
+ *   the UIDL digest takes the lines popa3d takes ("fixed"), and the
+ *   X-UIDL/X-UID/X-IMAP/Subject values are noted.
+ * - fp_open: the fingerprint digest still takes octets: From_ line and
+ *   header, at most POP3D_BLOCK octets (fp_len).
+ */
+struct scan {
+	struct mailbox	*mb;
+	int		 error;		/* MB_PERM once malformed */
+	off_t		 line_off;
+	uint64_t	 line_len;
+	unsigned char	 last2[2];
+	int		 kind;		/* LK_ of the current line */
+	int		 head_done;
+	size_t		 head_len;
+	int		 boundary;
+	int		 in_msg, in_header, pending, first;
+	off_t		 blank_off;
+	struct msg	 cur;
+	MD5_CTX		 uidl_ctx, fp_ctx;
+	int		 fp_open;
+	int		 fixed, received;	/* popa3d's header state */
+	int		 ximap, folder;		/* pseudo-message marks */
+	char		*xuidl;
+	unsigned char	 head[MBOX_HEAD_MAX];
+};
+
+/* Does the line start with the header name (with its colon)? */
+static int
+hdr_is(const unsigned char *h, size_t n, const char *name)
+{
+	size_t len = strlen(name);
+
+	return n >= len && strncasecmp((const char *)h, name, len) == 0;
+}
+
+/* The value of a header line after its name: leading and trailing white
+ * space and the line end removed.  Returns its length. */
+static size_t
+hdr_value(const unsigned char *h, size_t n, size_t namelen,
+    const unsigned char **v)
+{
+	size_t b = namelen;
+
+	while (b < n && (h[b] == ' ' || h[b] == '\t'))
+		b++;
+	while (n > b && (h[n - 1] == '\n' || h[n - 1] == '\r' ||
+	    h[n - 1] == ' ' || h[n - 1] == '\t'))
+		n--;
+	*v = h + b;
+	return n - b;
+}
+
+/* A decimal number 1..UINT32_MAX at the start of v (up to a space).
+ * Returns 0 when there is none. */
+static uint32_t
+parse_u32(const unsigned char *v, size_t n, int whole)
+{
+	uint64_t x = 0;
+	size_t i;
+
+	for (i = 0; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
+		x = x * 10 + (uint64_t)(v[i] - '0');
+		if (x > UINT32_MAX)
+			return 0;
+	}
+	if (i == 0 || (whole && i != n) ||
+	    (!whole && i < n && v[i] != ' ' && v[i] != '\t'))
+		return 0;
+	return (uint32_t)x;
+}
+
+/* Notes an X-UIDL: value if it is a valid unique-id (RFC 1939). */
+static void
+scan_xuidl(struct scan *sc, const unsigned char *v, size_t n, int complete)
+{
+	size_t i;
+
+	if (sc->xuidl != NULL || !complete || n < 1 || n > POP3D_UIDL_MAX)
+		return;
+	for (i = 0; i < n; i++)
+		if (v[i] < 0x21 || v[i] > 0x7e)
+			return;
+	sc->xuidl = xmalloc(n + 1);
+	memcpy(sc->xuidl, v, n);
+	sc->xuidl[n] = '\0';
+}
+
+/* The values our UIDL modes and the pseudo-message need. */
+static void
+scan_header_values(struct scan *sc, const unsigned char *h, size_t n,
+    int complete)
+{
+	const unsigned char *v;
+	size_t vn;
+
+	if (hdr_is(h, n, "X-IMAP:") || hdr_is(h, n, "X-IMAPbase:")) {
+		if (hdr_is(h, n, "X-IMAP:"))
+			sc->ximap = 1;
+		vn = hdr_value(h, n, h[6] == ':' ? 7 : 11, &v);
+		if (sc->first && sc->mb->uidvalidity == 0)
+			sc->mb->uidvalidity = parse_u32(v, vn, 0);
+	} else if (hdr_is(h, n, "Subject:")) {
+		if (memmem(h, n, "FOLDER INTERNAL DATA", 20) != NULL)
+			sc->folder = 1;
+	} else if (sc->mb->mode == UIDL_XUIDL && hdr_is(h, n, "X-UIDL:")) {
+		vn = hdr_value(h, n, 7, &v);
+		scan_xuidl(sc, v, vn, complete);
+	} else if (sc->mb->mode == UIDL_XUID && hdr_is(h, n, "X-UID:") &&
+	    complete && !(sc->cur.flags & MSG_XUID)) {
+		vn = hdr_value(h, n, 6, &v);
+		if ((sc->cur.xuid = parse_u32(v, vn, 1)) != 0)
+			sc->cur.flags |= MSG_XUID;
+	}
+}
+
+/*
+ * Decides whether a header line goes into the UIDL digest, as popa3d
+ * (0.5.1 and later) does: the first Received:, every Delivered-To:, Date:
+ * and Message-ID: while no Received: was seen, X-Delivery-ID: (capital
+ * X only), and the continuation lines of those.
+ */
+static void
+scan_header_line(struct scan *sc, const unsigned char *h, size_t n)
+{
+	switch (h[0]) {
+	case ' ':
+	case '\t':
+		break;
+	case 'R':
+	case 'r':
+		sc->fixed = !sc->received && hdr_is(h, n, "Received:");
+		if (sc->fixed)
+			sc->received = 1;
+		break;
+	case 'D':
+	case 'd':
+		sc->fixed = hdr_is(h, n, "Delivered-To:") ||
+		    (!sc->received && hdr_is(h, n, "Date:"));
+		break;
+	case 'M':
+	case 'm':
+		sc->fixed = !sc->received && hdr_is(h, n, "Message-ID:");
+		break;
+	case 'X':
+		sc->fixed = hdr_is(h, n, "X-Delivery-ID:");
+		break;
+	default:
+		sc->fixed = 0;
+		break;
+	}
+}
+
+/* Ends the current message at end (its separator excluded) and files
+ * it, unless it is the hidden pseudo-message. */
+static int
+scan_finish(struct scan *sc, off_t end)
+{
+	struct mailbox *mb = sc->mb;
+	struct msg *m = &sc->cur;
+	uint8_t d[MD5_DIGEST_LENGTH];
+	static const int order[8] = { 3, 2, 1, 0, 7, 6, 5, 4 };
+	int i;
+
+	m->end = end;
+	MD5Final(d, &sc->uidl_ctx);
+	for (i = 0; i < 8; i++)		/* popa3d prints them in this order */
+		m->digest[i] = d[order[i]];
+	m->fp = md5_fold(&sc->fp_ctx);
+	sc->in_msg = 0;
+	if (sc->first && sc->ximap && sc->folder) {
+		mb->pseudo = 1;
+		mb->pseudo_fp = m->fp;
+		mb->pseudo_fp_len = m->fp_len;
+		free(sc->xuidl);
+		sc->xuidl = NULL;
+		return 0;
+	}
+	if (mb->count == MBOX_MAX_MESSAGES) {
+		logmsg(LOG_ERR, "%s: more than %u messages", mb->path,
+		    MBOX_MAX_MESSAGES);
+		sc->error = MB_PERM;
+		return -1;
+	}
+	if (mb->count == mb->alloc) {
+		mb->alloc = mb->alloc ? mb->alloc * 2 : 64;
+		mb->msgs = xreallocarray(mb->msgs, mb->alloc, sizeof(*mb->msgs));
+		if (mb->mode == UIDL_XUIDL)
+			mb->xuidl = xreallocarray(mb->xuidl, mb->alloc,
+			    sizeof(*mb->xuidl));
+	}
+	if (mb->xuidl != NULL)
+		mb->xuidl[mb->count] = sc->xuidl;
+	else
+		free(sc->xuidl);
+	sc->xuidl = NULL;
+	mb->msgs[mb->count++] = *m;
+	return 0;
+}
+
+static void
+scan_start(struct scan *sc)
+{
+	sc->first = sc->line_off == 0;
+	memset(&sc->cur, 0, sizeof(sc->cur));
+	sc->cur.from = sc->line_off;
+	sc->in_msg = sc->in_header = sc->fp_open = 1;
+	sc->fixed = sc->received = sc->ximap = sc->folder = 0;
+	MD5Init(&sc->uidl_ctx);
+	MD5Init(&sc->fp_ctx);
+}
+
+/* Octets of the current line, in any number of fragments. */
+static void
+scan_bytes(struct scan *sc, const unsigned char *p, size_t n)
+{
+	if (n == 0)
+		return;
+	sc->line_len += n;
+	if (n >= 2) {
+		sc->last2[0] = p[n - 2];
+		sc->last2[1] = p[n - 1];
+	} else {
+		sc->last2[0] = sc->last2[1];
+		sc->last2[1] = p[0];
+	}
+	if (sc->fp_open && sc->cur.fp_len < POP3D_BLOCK) {
+		size_t take = min_size(n, POP3D_BLOCK - sc->cur.fp_len);
+
+		MD5Update(&sc->fp_ctx, p, take);
+		sc->cur.fp_len += (uint32_t)take;
+	}
+	if (sc->in_header && sc->kind == LK_TEXT && sc->fixed)
+		MD5Update(&sc->uidl_ctx, p, n);
+}
+
+/* Classifies the current line from head[]; complete: the whole line is
+ * there.  Then feeds head[] as the line's first fragment. */
+static int
+scan_line_begin(struct scan *sc, int complete)
+{
+	const unsigned char *h = sc->head;
+	size_t n = sc->head_len;
+
+	sc->head_done = 1;
+	if (sc->line_off == 0 && !(n >= 5 && memcmp(h, "From ", 5) == 0)) {
+		logmsg(LOG_ERR, "%s: not an mbox file (no From_ line)",
+		    sc->mb->path);
+		sc->error = MB_PERM;
+		return -1;
+	}
+	if (sc->boundary && (sc->line_off == 0 ||
+	    (complete && from_line_valid(h, n))))
+		sc->kind = LK_FROM;
+	else if ((n == 1 && h[0] == '\n') ||
+	    (n == 2 && h[0] == '\r' && h[1] == '\n'))
+		sc->kind = LK_BLANK;
+	else
+		sc->kind = LK_TEXT;
+
+	if (sc->kind == LK_FROM) {
+		if (sc->in_msg && scan_finish(sc, sc->blank_off) < 0)
+			return -1;
+		sc->pending = 0;
+		scan_start(sc);
+	} else {
+		if (sc->pending)
+			sc->cur.size += 2;	/* it was content after all */
+		sc->pending = 0;
+		if (sc->kind == LK_BLANK)
+			sc->in_header = sc->fp_open = 0;
+		else if (sc->in_header) {
+			scan_header_line(sc, h, n);
+			scan_header_values(sc, h, n, complete);
+		}
+	}
+	scan_bytes(sc, h, n);
+	return 0;
+}
+
+/* The current line ended (eol: with its LF; else at EOF). */
+static void
+scan_line_end(struct scan *sc, int eol)
+{
+	struct msg *m = &sc->cur;
+
+	switch (sc->kind) {
+	case LK_FROM:
+		m->data = sc->line_off + (off_t)sc->line_len;
+		break;
+	case LK_BLANK:
+		sc->pending = 1;
+		sc->blank_off = sc->line_off;
+		break;
+	default:
+		m->size += sc->line_len;
+		if (eol)
+			m->size += (sc->line_len >= 2 && sc->last2[0] == '\r') ?
+			    0 : 1;
+		else
+			m->size += sc->last2[1] == '\r' ? 1 : 2;
+		break;
+	}
+	sc->boundary = sc->kind == LK_BLANK;
+	sc->line_off += (off_t)sc->line_len;
+	sc->line_len = 0;
+	sc->head_len = 0;
+	sc->head_done = 0;
+}
+
+/* One piece of a line: up to and including its LF when eol. */
+static int
+scan_frag(struct scan *sc, const unsigned char *p, size_t n, int eol)
+{
+	if (!sc->head_done) {
+		size_t take = n < MBOX_HEAD_MAX - sc->head_len ? n :
+		    MBOX_HEAD_MAX - sc->head_len;
+
+		memcpy(sc->head + sc->head_len, p, take);
+		sc->head_len += take;
+		if (eol && take == n) {
+			if (scan_line_begin(sc, 1) < 0)
+				return -1;
+			scan_line_end(sc, 1);
+			return 0;
+		}
+		if (sc->head_len < MBOX_HEAD_MAX)
+			return 0;
+		if (scan_line_begin(sc, 0) < 0)
+			return -1;
+		p += take;
+		n -= take;
+	}
+	scan_bytes(sc, p, n);
+	if (eol)
+		scan_line_end(sc, 1);
+	return 0;
+}
+
+static int
+scan_block(struct scan *sc, const unsigned char *p, size_t len)
+{
+	while (len > 0) {
+		const unsigned char *lf = memchr(p, '\n', len);
+		size_t n = lf != NULL ? (size_t)(lf - p) + 1 : len;
+
+		if (scan_frag(sc, p, n, lf != NULL) < 0)
+			return -1;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* End of file: a last line without LF, then the last message. */
+static int
+scan_eof(struct scan *sc)
+{
+	if (sc->head_len > 0 && !sc->head_done &&
+	    scan_line_begin(sc, 1) < 0)
+		return -1;
+	if (sc->head_done)
+		scan_line_end(sc, 0);
+	if (sc->in_msg)
+		return scan_finish(sc, sc->pending ? sc->blank_off :
+		    sc->line_off);
+	return 0;
+}
+
+/* Scans the locked file, mb->size octets.  Returns MB_OK, MB_PERM or
+ * MB_TEMP. */
+static int
+mailbox_scan(struct mailbox *mb)
+{
+	struct scan *sc = xmalloc(sizeof(*sc));
+	off_t off = 0;
+	int r = MB_OK;
+
+	memset(sc, 0, sizeof(*sc));
+	sc->mb = mb;
+	sc->boundary = 1;
+	while (off < mb->size && r == MB_OK) {
+		size_t want = min_size(POP3D_BLOCK, (uint64_t)(mb->size - off));
+		ssize_t n = read_at(mb->fd, mb->buf, want, off);
+
+		if (n < 0 || (size_t)n != want) {
+			logmsg(LOG_ERR, "%s: read: %s", mb->path,
+			    n < 0 ? strerror(errno) : "file shrank");
+			r = MB_TEMP;
+		} else if (scan_block(sc, mb->buf, want) < 0)
+			r = sc->error;
+		off += (off_t)want;
+	}
+	if (r == MB_OK && scan_eof(sc) < 0)
+		r = sc->error;
+	free(sc->xuidl);
+	free(sc);
+	return r;
+}
+
+/* Digest of the last octets scanned: appended mail must keep them. */
+static int
+mailbox_tail(struct mailbox *mb)
+{
+	mb->tail_len = (uint32_t)min_size(MBOX_TAIL_MAX, (uint64_t)mb->size);
+	if (mb->tail_len == 0)
+		return MB_OK;
+	if (digest_at(mb, mb->size - mb->tail_len, mb->tail_len,
+	    &mb->tail_fp) < 0) {
+		logmsg(LOG_ERR, "%s: read: %s", mb->path, strerror(errno));
+		return MB_TEMP;
+	}
+	return MB_OK;
+}
+
+/* ---- UIDL ----------------------------------------------------------- */
+
+/* The id of message i before duplicates are told apart. */
+static size_t
+uidl_base(const struct mailbox *mb, unsigned i, char *buf)
+{
+	static const char hex[] = "0123456789abcdef";
+	const struct msg *m = &mb->msgs[i];
+	size_t k;
+
+	if (mb->xuidl != NULL && mb->xuidl[i] != NULL) {
+		k = strlen(mb->xuidl[i]);
+		memcpy(buf, mb->xuidl[i], k + 1);
+		return k;
+	}
+	if (mb->mode == UIDL_XUID && (m->flags & MSG_XUID) &&
+	    mb->uidvalidity != 0) {
+		/* Dovecot's default pop3_uidl_format %08Xu%08Xv */
+		snprintf(buf, POP3D_UIDL_MAX + 1, "%08X%08X",
+		    (unsigned)m->xuid, (unsigned)mb->uidvalidity);
+		return 16;
+	}
+	for (k = 0; k < 8; k++) {
+		buf[2 * k] = hex[m->digest[k] >> 4];
+		buf[2 * k + 1] = hex[m->digest[k] & 15];
+	}
+	buf[16] = '\0';
+	return 16;
+}
+
+/* The id of message i with duplicate suffix sfx (0: none); the base is
+ * cut so that the whole stays within POP3D_UIDL_MAX. */
+static size_t
+uidl_render(const struct mailbox *mb, unsigned i, uint32_t sfx, char *buf)
+{
+	char tail[16];
+	size_t n = uidl_base(mb, i, buf);
+	int t;
+
+	if (sfx == 0)
+		return n;
+	t = snprintf(tail, sizeof(tail), "-%u", (unsigned)sfx);
+	if (t < 0 || (size_t)t >= sizeof(tail))
+		fatalx("uidl suffix");
+	if (n + (size_t)t > POP3D_UIDL_MAX)
+		n = POP3D_UIDL_MAX - (size_t)t;
+	memcpy(buf + n, tail, (size_t)t + 1);
+	return n + (size_t)t;
+}
+
+/* Open-addressing set of rendered ids, for telling duplicates apart. */
+struct uid_ent {
+	uint32_t	 idx1;		/* message index + 1; 0: empty slot */
+	uint32_t	 sfx;
+	uint32_t	 next;		/* next suffix to try for this base */
+	uint32_t	 hash;
+};
+
+struct uid_set {
+	struct uid_ent	*e;
+	size_t		 mask;
+};
+
+static uint32_t
+uid_hash(const char *s, size_t n)
+{
+	uint32_t h = 2166136261u;
+
+	while (n-- > 0)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h;
+}
+
+/* Finds the slot of id s (or the empty slot where it belongs). */
+static struct uid_ent *
+uid_find(const struct mailbox *mb, struct uid_set *set, const char *s,
+    size_t n, uint32_t h)
+{
+	char other[POP3D_UIDL_MAX + 1];
+	size_t i = h & set->mask;
+
+	for (;; i = (i + 1) & set->mask) {
+		struct uid_ent *e = &set->e[i];
+
+		if (e->idx1 == 0)
+			return e;
+		if (e->hash == h &&
+		    uidl_render(mb, e->idx1 - 1, e->sfx, other) == n &&
+		    memcmp(other, s, n) == 0)
+			return e;
+	}
+}
+
+/*
+ * Makes every id unique: the first message with an id keeps it, later
+ * ones get "-2", "-3", ... in file order, skipping any id that another
+ * message has or got.
+ */
+static void
+mailbox_uidl_unique(struct mailbox *mb)
+{
+	char id[POP3D_UIDL_MAX + 1];
+	struct uid_set set;
+	size_t slots = 16, n;
+	unsigned i, dups = 0;
+
+	while (slots < 2 * ((size_t)mb->count + 1))
+		slots *= 2;
+	set.e = xreallocarray(NULL, slots, sizeof(*set.e));
+	memset(set.e, 0, slots * sizeof(*set.e));
+	set.mask = slots - 1;
+	for (i = 0; i < mb->count; i++) {
+		uint32_t h;
+		struct uid_ent *e;
+
+		n = uidl_render(mb, i, 0, id);
+		h = uid_hash(id, n);
+		e = uid_find(mb, &set, id, n, h);
+		if (e->idx1 != 0) {
+			mb->msgs[i].suffix = UINT32_MAX;	/* to do */
+			dups++;
+			continue;
+		}
+		e->idx1 = i + 1;
+		e->next = 2;
+		e->hash = h;
+	}
+	for (i = 0; dups > 0 && i < mb->count; i++) {
+		struct uid_ent *base, *e;
+		uint32_t k;
+
+		if (mb->msgs[i].suffix != UINT32_MAX)
+			continue;
+		n = uidl_render(mb, i, 0, id);
+		base = uid_find(mb, &set, id, n, uid_hash(id, n));
+		for (k = base->next;; k++) {
+			uint32_t h;
+
+			n = uidl_render(mb, i, k, id);
+			h = uid_hash(id, n);
+			e = uid_find(mb, &set, id, n, h);
+			if (e->idx1 == 0) {
+				e->idx1 = i + 1;
+				e->sfx = k;
+				e->next = 2;
+				e->hash = h;
+				break;
+			}
+		}
+		mb->msgs[i].suffix = k;
+		base->next = k + 1;
+	}
+	free(set.e);
+}
+
+void
+mailbox_uidl(const struct mailbox *mb, unsigned n,
+    char buf[POP3D_UIDL_MAX + 1])
+{
+	uidl_render(mb, n - 1, mb->msgs[n - 1].suffix, buf);
+}
+
+/* ---- locking -------------------------------------------------------- */
+
+static void
+lock_fcntl_release(struct mailbox *mb)
+{
+	struct flock fl;
+
+	memset(&fl, 0, sizeof(fl));
+	fl.l_type = F_UNLCK;
+	fl.l_whence = SEEK_SET;
+	if (fcntl(mb->fd, F_SETLK, &fl) < 0)
+		logmsg(LOG_ERR, "%s: fcntl unlock: %s", mb->path,
+		    strerror(errno));
+}
+
+/* One attempt at both locks, never waiting.  Returns 1 locked, 0 busy
+ * (nothing held), -1 error (nothing held). */
+static int
+lock_try(struct mailbox *mb)
+{
+	struct flock fl;
+	int r;
+
+	memset(&fl, 0, sizeof(fl));
+	fl.l_type = F_WRLCK;
+	fl.l_whence = SEEK_SET;
+	if (fcntl(mb->fd, F_SETLK, &fl) < 0) {
+		if (errno == EAGAIN || errno == EACCES || errno == EINTR)
+			return 0;
+		logmsg(LOG_ERR, "%s: fcntl lock: %s", mb->path,
+		    strerror(errno));
+		return -1;
+	}
+	r = lockfile_create(mb->lockpath, 0, L_PID);
+	if (r == L_SUCCESS)
+		return 1;
+	lock_fcntl_release(mb);
+	if (r == L_MAXTRYS)
+		return 0;
+	logmsg(LOG_ERR, "%s: cannot create the dotlock (liblockfile %d): %s",
+	    mb->lockpath, r, strerror(errno));
+	return -1;
+}
+
+static long
+ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(now.tv_sec - t0->tv_sec) * 1000 +
+	    (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+static void
+sleep_ms(long ms)
+{
+	struct timespec ts;
+
+	ts.tv_sec = ms / 1000;
+	ts.tv_nsec = (ms % 1000) * 1000000;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/*
+ * Takes the fcntl lock and the dotlock without ever waiting for one while
+ * holding the other (procmail and Postfix take them in opposite orders):
+ * when either is busy both are released and we back off a random short
+ * time, for at most lock_timeout seconds.  Returns MB_OK or MB_TEMP.
+ */
+static int
+mailbox_lock(struct mailbox *mb)
+{
+	struct timespec t0;
+	long limit = (long)mb->lock_timeout * 1000;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		int r = lock_try(mb);
+
+		if (r > 0) {
+			mb->locked = 1;
+			return MB_OK;
+		}
+		if (r < 0)
+			return MB_TEMP;
+		if (ms_since(&t0) >= limit) {
+			logmsg(LOG_NOTICE, "%s: still locked after %d s",
+			    mb->path, mb->lock_timeout);
+			return MB_TEMP;
+		}
+		sleep_ms(POP3D_LOCK_BACKOFF_MIN + (long)arc4random_uniform(
+		    POP3D_LOCK_BACKOFF_MAX - POP3D_LOCK_BACKOFF_MIN + 1));
+	}
+}
+
+static void
+mailbox_unlock(struct mailbox *mb)
+{
+	if (!mb->locked)
+		return;
+	if (lockfile_remove(mb->lockpath) < 0)
+		logmsg(LOG_ERR, "%s: cannot remove the dotlock: %s",
+		    mb->lockpath, strerror(errno));
+	lock_fcntl_release(mb);
+	mb->locked = 0;
+}
+
+/*
+ * Waits, still holding the locks, until the clock is past the mtime
+ * scanned, so that the next write by anyone gives a different mtime.
+ * File times come from the coarse clock; an mtime with zero nanoseconds
+ * suggests a filesystem with whole seconds.
+ */
+static void
+mailbox_settle(const struct mailbox *mb)
+{
+	struct timespec t0, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (ms_since(&t0) < MBOX_SETTLE_MS) {
+		clock_gettime(CLOCK_REALTIME_COARSE, &now);
+		if (now.tv_sec > mb->mtime.tv_sec ||
+		    (now.tv_sec == mb->mtime.tv_sec && mb->mtime.tv_nsec != 0 &&
+		    now.tv_nsec > mb->mtime.tv_nsec))
+			return;
+		sleep_ms(1);
+	}
+}
+
+/* ---- change detection ----------------------------------------------- */
+
+/* Is the fingerprint of a message (or the pseudo-message) unchanged? */
+static int
+fp_ok(struct mailbox *mb, off_t from, uint32_t len, uint64_t fp)
+{
+	uint64_t v;
+
+	return digest_at(mb, from, len, &v) == 0 && v == fp;
+}
+
+/*
+ * Checks that the file is the one scanned, changed at most by appending.
+ * which: a message index to verify, or -1 for every message.  *cur gets
+ * the current size.  Returns MB_OK, MB_CHANGED or MB_TEMP.
+ */
+static int
+mailbox_verify(struct mailbox *mb, long which, off_t *cur)
+{
+	struct stat st, lst;
+	unsigned i;
+
+	if (fstat(mb->fd, &st) < 0) {
+		logmsg(LOG_ERR, "%s: fstat: %s", mb->path, strerror(errno));
+		return MB_TEMP;
+	}
+	if (lstat(mb->path, &lst) < 0 || lst.st_dev != mb->dev ||
+	    lst.st_ino != mb->ino || st.st_size < mb->size)
+		goto changed;
+	*cur = st.st_size;
+	if (st.st_size == mb->size && st.st_mtim.tv_sec == mb->mtime.tv_sec &&
+	    st.st_mtim.tv_nsec == mb->mtime.tv_nsec)
+		return MB_OK;
+	if (mb->tail_len > 0 && !fp_ok(mb, mb->size - mb->tail_len,
+	    mb->tail_len, mb->tail_fp))
+		goto changed;
+	if (which >= 0) {
+		const struct msg *m = &mb->msgs[which];
+
+		if (!fp_ok(mb, m->from, m->fp_len, m->fp))
+			goto changed;
+		return MB_OK;
+	}
+	if (mb->pseudo && !fp_ok(mb, 0, mb->pseudo_fp_len, mb->pseudo_fp))
+		goto changed;
+	for (i = 0; i < mb->count; i++)
+		if (!fp_ok(mb, mb->msgs[i].from, mb->msgs[i].fp_len,
+		    mb->msgs[i].fp))
+			goto changed;
+	return MB_OK;
+changed:
+	logmsg(LOG_NOTICE, "%s: changed by another program", mb->path);
+	return MB_CHANGED;
+}
+
+int
+mailbox_check(struct mailbox *mb, unsigned n)
+{
+	off_t cur;
+
+	if (mb->fd < 0)
+		return MB_OK;
+	return mailbox_verify(mb, n == 0 ? -1 : (long)n - 1, &cur);
+}
+
+/* ---- open and close ------------------------------------------------- */
+
+/* The checks on the opened file: regular, the owner's, one link. */
+static int
+mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
+{
+	const char *why = NULL;
+
+	if (!S_ISREG(st->st_mode))
+		why = "not a regular file";
+	else if (st->st_uid != owner)
+		why = "not owned by the user";
+	else if (st->st_nlink != 1)
+		why = "has more than one link";
+	if (why == NULL)
+		return 1;
+	logmsg(LOG_ERR, "%s: %s", mb->path, why);
+	return 0;
+}
+
+/* Locks, re-checks, scans, settles and unlocks. */
+static int
+mailbox_load(struct mailbox *mb, uid_t owner)
+{
+	struct stat st, lst;
+	int r;
+
+	if ((r = mailbox_lock(mb)) != MB_OK)
+		return r;
+	if (fstat(mb->fd, &st) < 0 || lstat(mb->path, &lst) < 0) {
+		logmsg(LOG_ERR, "%s: stat: %s", mb->path, strerror(errno));
+		r = MB_TEMP;
+	} else if (!mailbox_stat_ok(mb, &st, owner))
+		r = MB_PERM;
+	else if (lst.st_dev != st.st_dev || lst.st_ino != st.st_ino) {
+		logmsg(LOG_NOTICE, "%s: replaced while opening", mb->path);
+		r = MB_TEMP;
+	}
+	if (r == MB_OK) {
+		mb->dev = st.st_dev;
+		mb->ino = st.st_ino;
+		mb->size = st.st_size;
+		mb->mtime = st.st_mtim;
+		r = mailbox_scan(mb);
+	}
+	if (r == MB_OK)
+		r = mailbox_tail(mb);
+	if (r == MB_OK)
+		mailbox_settle(mb);
+	mailbox_unlock(mb);
+	return r;
+}
+
+int
+mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
+    enum uidl_mode mode, int lock_timeout)
+{
+	struct mailbox *mb = xmalloc(sizeof(*mb));
+	struct stat st;
+	size_t len = strlen(path);
+	unsigned i;
+	int r;
+
+	*mbp = NULL;
+	memset(mb, 0, sizeof(*mb));
+	mb->mode = mode;
+	mb->lock_timeout = lock_timeout;
+	mb->path = xstrdup(path);
+	mb->lockpath = xmalloc(len + sizeof(".lock"));
+	memcpy(mb->lockpath, path, len);
+	memcpy(mb->lockpath + len, ".lock", sizeof(".lock"));
+	mb->fd = open(path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC |
+	    O_NONBLOCK);
+	if (mb->fd < 0 && errno == ENOENT) {
+		*mbp = mb;		/* an empty maildrop; never created */
+		return MB_OK;
+	}
+	if (mb->fd < 0) {
+		r = (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
+		    errno == EINTR || errno == EIO) ? MB_TEMP : MB_PERM;
+		logmsg(LOG_ERR, "%s: open: %s", path, strerror(errno));
+		mailbox_close(mb);
+		return r;
+	}
+	mb->buf = xmalloc(POP3D_BLOCK);
+	if (fstat(mb->fd, &st) < 0) {
+		logmsg(LOG_ERR, "%s: fstat: %s", path, strerror(errno));
+		r = MB_TEMP;
+	} else if (!mailbox_stat_ok(mb, &st, owner))
+		r = MB_PERM;
+	else
+		r = mailbox_load(mb, owner);
+	if (r != MB_OK) {
+		mailbox_close(mb);
+		return r;
+	}
+	mailbox_uidl_unique(mb);
+	mb->live = mb->count;
+	for (i = 0; i < mb->count; i++)
+		mb->live_octets += mb->msgs[i].size;
+	*mbp = mb;
+	return MB_OK;
+}
+
+void
+mailbox_close(struct mailbox *mb)
+{
+	unsigned i;
+
+	if (mb == NULL)
+		return;
+	if (mb->fd >= 0) {
+		mailbox_unlock(mb);
+		close(mb->fd);
+	}
+	if (mb->xuidl != NULL)
+		for (i = 0; i < mb->count; i++)
+			free(mb->xuidl[i]);
+	free(mb->xuidl);
+	free(mb->msgs);
+	free(mb->buf);
+	free(mb->lockpath);
+	free(mb->path);
+	free(mb);
+}
+
+/* ---- the message list ----------------------------------------------- */
+
+unsigned
+mailbox_count(const struct mailbox *mb)
+{
+	return mb->count;
+}
+
+void
+mailbox_stat(const struct mailbox *mb, unsigned *n, uint64_t *octets)
+{
+	*n = mb->live;
+	*octets = mb->live_octets;
+}
+
+uint64_t
+mailbox_size(const struct mailbox *mb, unsigned n)
+{
+	return mb->msgs[n - 1].size;
+}
+
+int
+mailbox_is_deleted(const struct mailbox *mb, unsigned n)
+{
+	return (mb->msgs[n - 1].flags & MSG_DELETED) != 0;
+}
+
+void
+mailbox_delete(struct mailbox *mb, unsigned n)
+{
+	struct msg *m = &mb->msgs[n - 1];
+
+	if (m->flags & MSG_DELETED)
+		return;
+	m->flags |= MSG_DELETED;
+	mb->live--;
+	mb->live_octets -= m->size;
+}
+
+void
+mailbox_reset(struct mailbox *mb)
+{
+	unsigned i;
+
+	for (i = 0; i < mb->count; i++)
+		mb->msgs[i].flags &= ~(uint32_t)MSG_DELETED;
+	mb->live = mb->count;
+	mb->live_octets = 0;
+	for (i = 0; i < mb->count; i++)
+		mb->live_octets += mb->msgs[i].size;
+}
+
+/* ---- output --------------------------------------------------------- */
+
+void
+mailbox_emit_init(struct emit *em)
+{
+	em->bol = 1;
+	em->cr = 0;
+}
+
+void
+mailbox_emit(struct out *out, const unsigned char *p, size_t len,
+    struct emit *em)
+{
+	while (len > 0) {
+		const unsigned char *lf;
+		size_t n;
+
+		if (em->bol && p[0] == '.')
+			out_write(out, ".", 1);
+		lf = memchr(p, '\n', len);
+		n = lf != NULL ? (size_t)(lf - p) : len;
+		if (n > 0) {
+			out_write(out, p, n);
+			em->cr = p[n - 1] == '\r';
+			em->bol = 0;
+		}
+		if (lf == NULL)
+			break;
+		/* a stored CRLF stays one CRLF */
+		out_write(out, em->cr ? "\n" : "\r\n", em->cr ? 1 : 2);
+		em->bol = 1;
+		em->cr = 0;
+		p += n + 1;
+		len -= n + 1;
+	}
+}
+
+void
+mailbox_emit_end(struct out *out, struct emit *em)
+{
+	if (!em->bol)
+		out_write(out, em->cr ? "\n" : "\r\n", em->cr ? 1 : 2);
+	out_write(out, ".\r\n", 3);
+	mailbox_emit_init(em);
+}
+
+/* Where TOP stops: after the blank line ending the header, then after
+ * that many more LFs. */
+struct top {
+	long	 left;		/* body lines still to send */
+	int	 in_header;
+	int	 line;		/* 0: at line start, 1: after a lone CR, 2: text */
+	int	 done;
+};
+
+/* Returns how many octets of p TOP sends. */
+static size_t
+top_cut(struct top *t, const unsigned char *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len && t->in_header) {
+		unsigned char c = p[i++];
+
+		if (c == '\n') {
+			if (t->line != 2) {
+				t->in_header = 0;
+				if (t->left == 0) {
+					t->done = 1;
+					return i;
+				}
+			}
+			t->line = 0;
+		} else
+			t->line = (c == '\r' && t->line == 0) ? 1 : 2;
+	}
+	while (i < len) {
+		const unsigned char *lf = memchr(p + i, '\n', len - i);
+
+		if (lf == NULL)
+			return len;
+		i = (size_t)(lf - p) + 1;
+		if (--t->left == 0) {
+			t->done = 1;
+			return i;
+		}
+	}
+	return len;
+}
+
+int
+mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
+{
+	const struct msg *m = &mb->msgs[n - 1];
+	struct emit em;
+	struct top top;
+	off_t off, cur;
+	int r;
+
+	if ((r = mailbox_verify(mb, (long)n - 1, &cur)) != MB_OK)
+		return r;
+	mailbox_emit_init(&em);
+	memset(&top, 0, sizeof(top));
+	top.left = lines;
+	top.in_header = 1;
+	for (off = m->data; off < m->end && !top.done; ) {
+		size_t len = min_size(POP3D_BLOCK, (uint64_t)(m->end - off));
+		ssize_t got = read_at(mb->fd, mb->buf, len, off);
+
+		if (got < 0) {
+			logmsg(LOG_ERR, "%s: read: %s", mb->path,
+			    strerror(errno));
+			return MB_TEMP;
+		}
+		if ((size_t)got != len) {
+			logmsg(LOG_NOTICE, "%s: truncated by another program",
+			    mb->path);
+			return MB_CHANGED;
+		}
+		off += (off_t)len;
+		if (lines >= 0)
+			len = top_cut(&top, mb->buf, len);
+		mailbox_emit(out, mb->buf, len, &em);
+		if (out->error)
+			return MB_CLIENT;
+	}
+	/* a rewrite during the reads must not end in a complete message */
+	if ((r = mailbox_verify(mb, (long)n - 1, &cur)) != MB_OK)
+		return r;
+	mailbox_emit_end(out, &em);
+	return out->error ? MB_CLIENT : MB_OK;
+}
+
+/* ---- UPDATE --------------------------------------------------------- */
+
+/*
+ * Overwrites len octets at dst with buf.  Every change UPDATE makes to
+ * existing bytes of the file goes through here: the crash-safe version
+ * will first journal the octets about to be overwritten.
+ */
+static int
+mailbox_overwrite(struct mailbox *mb, off_t dst, const unsigned char *buf,
+    size_t len)
+{
+	if (write_at(mb->fd, buf, len, dst) < 0) {
+		logmsg(LOG_ERR, "%s: write: %s", mb->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Moves the region [src, end) down to *dst, block by block, front to
+ * back; *dst advances past it.  Needs *dst <= src. */
+static int
+mailbox_move(struct mailbox *mb, off_t src, off_t end, off_t *dst)
+{
+	if (src == *dst) {		/* already in place */
+		*dst = end;
+		return 0;
+	}
+	while (src < end) {
+		size_t len = min_size(POP3D_BLOCK, (uint64_t)(end - src));
+		ssize_t n = read_at(mb->fd, mb->buf, len, src);
+
+		if (n < 0 || (size_t)n != len) {
+			logmsg(LOG_ERR, "%s: read: %s", mb->path,
+			    n < 0 ? strerror(errno) : "file shrank");
+			return -1;
+		}
+		if (mailbox_overwrite(mb, *dst, mb->buf, len) < 0)
+			return -1;
+		src += (off_t)len;
+		*dst += (off_t)len;
+	}
+	return 0;
+}
+
+/*
+ * The write phase of UPDATE, under both locks, with signals blocked by
+ * the caller.  Kept regions move toward the start of the file in file
+ * order: the hidden pseudo-message, each kept message with its From_
+ * line and the separator after it (byte for byte), then whatever was
+ * appended since the scan ([mb->size, cur)).  A region never moves up,
+ * so copying front to back never overwrites octets not yet copied.  Then
+ * the file is cut after the last kept octet and synced.
+ */
+static int
+mailbox_compact(struct mailbox *mb, off_t cur)
+{
+	off_t dst = 0;
+	unsigned i;
+
+	if (mb->pseudo && mailbox_move(mb, 0,
+	    mb->count > 0 ? mb->msgs[0].from : mb->size, &dst) < 0)
+		return -1;
+	for (i = 0; i < mb->count; i++) {
+		off_t end = i + 1 < mb->count ? mb->msgs[i + 1].from : mb->size;
+
+		if (mb->msgs[i].flags & MSG_DELETED)
+			continue;
+		if (mailbox_move(mb, mb->msgs[i].from, end, &dst) < 0)
+			return -1;
+	}
+	if (mailbox_move(mb, mb->size, cur, &dst) < 0)
+		return -1;
+	if (ftruncate(mb->fd, dst) < 0) {
+		logmsg(LOG_ERR, "%s: ftruncate: %s", mb->path, strerror(errno));
+		return -1;
+	}
+	if (fsync(mb->fd) < 0) {
+		logmsg(LOG_ERR, "%s: fsync: %s", mb->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+int
+mailbox_update(struct mailbox *mb)
+{
+	sigset_t all, old;
+	off_t cur;
+	int r;
+
+	if (mb->fd < 0 || mb->live == mb->count)
+		return MB_OK;		/* a read-only session writes nothing */
+	if ((r = mailbox_lock(mb)) != MB_OK)
+		return r;
+	r = mailbox_verify(mb, -1, &cur);
+	if (r == MB_OK) {
+		sigfillset(&all);
+		sigprocmask(SIG_BLOCK, &all, &old);
+		if (mailbox_compact(mb, cur) < 0)
+			r = MB_TEMP;
+		sigprocmask(SIG_SETMASK, &old, NULL);
+	}
+	mailbox_unlock(mb);
+	return r;
+}

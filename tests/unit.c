@@ -1,0 +1,1263 @@
+/*
+ * tests/unit.c: table-driven unit tests for the line reader (io.c) and
+ * the mailbox module: the mbox scanner, sizes, dot-stuffing, TOP, UIDL,
+ * change detection, UPDATE, locking and the open checks.
+ * Prints "PASS unit/<name>" or "FAIL unit/<name> <why>" per case and
+ * exits 1 when any failed.  UNIT_MANY sets the message count of the big
+ * mailbox case (default 1000000); UNIT_DEBUG=1 logs to stderr.
+ */
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lockfile.h>
+#include <md5.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "mailbox.h"
+
+static int failed, passed;
+static char dir[64];
+static char mbpath[128];
+static char lockpath[140];
+
+static const char *
+mbpath_lock(void)
+{
+	return lockpath;
+}
+
+static void
+result(const char *name, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+result(const char *name, int ok, const char *fmt, ...)
+{
+	char why[512] = "";
+	va_list ap;
+
+	if (ok) {
+		printf("PASS unit/%s\n", name);
+		passed++;
+	} else {
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+		printf("FAIL unit/%s %s\n", name, why);
+		failed++;
+	}
+	fflush(stdout);
+}
+
+/* ---- helpers -------------------------------------------------------- */
+
+struct buf {
+	unsigned char	*p;
+	size_t		 len;
+};
+
+static void
+buf_free(struct buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = 0;
+}
+
+static void
+write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	if (fd < 0 || write(fd, data, len) != (ssize_t)len || close(fd) < 0) {
+		perror(path);
+		exit(2);
+	}
+}
+
+static void
+append_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_APPEND);
+
+	if (fd < 0 || write(fd, data, len) != (ssize_t)len || close(fd) < 0) {
+		perror(path);
+		exit(2);
+	}
+}
+
+static struct buf
+read_file(const char *path)
+{
+	struct buf b = { NULL, 0 };
+	struct stat st;
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		perror(path);
+		exit(2);
+	}
+	b.len = (size_t)st.st_size;
+	b.p = malloc(b.len + 1);
+	if (b.p == NULL || read(fd, b.p, b.len) != (ssize_t)b.len) {
+		perror(path);
+		exit(2);
+	}
+	close(fd);
+	return b;
+}
+
+/* Moves the mtime on, so a change of same size is visible regardless of
+ * the filesystem's timestamp granularity. */
+static void
+bump_mtime(const char *path)
+{
+	struct stat st;
+	struct timespec ts[2];
+
+	if (stat(path, &st) < 0)
+		exit(2);
+	ts[0] = st.st_atim;
+	ts[1] = st.st_mtim;
+	ts[1].tv_sec += 2;
+	if (utimensat(AT_FDCWD, path, ts, 0) < 0)
+		exit(2);
+}
+
+static int
+open_mb(struct mailbox **mb, const void *data, size_t len, enum uidl_mode m)
+{
+	write_file(mbpath, data, len);
+	return mailbox_open(mb, mbpath, getuid(), m, 5);
+}
+
+/* What mailbox_send wrote (through a real struct out on a temp file). */
+static int
+capture(struct mailbox *mb, unsigned n, long lines, struct buf *b)
+{
+	char path[160];
+	struct out *out = malloc(sizeof(*out));
+	int fd, r;
+
+	snprintf(path, sizeof(path), "%s/outXXXXXX", dir);
+	if (out == NULL || (fd = mkstemp(path)) < 0)
+		exit(2);
+	unlink(path);
+	out_init(out, fd);
+	r = mailbox_send(mb, n, lines, out);
+	out_flush(out);
+	free(out);
+	*b = (struct buf){ NULL, 0 };
+	{
+		struct stat st;
+
+		if (fstat(fd, &st) < 0)
+			exit(2);
+		b->len = (size_t)st.st_size;
+		b->p = malloc(b->len + 1);
+		if (b->p == NULL ||
+		    pread(fd, b->p, b->len, 0) != (ssize_t)b->len)
+			exit(2);
+	}
+	close(fd);
+	return r;
+}
+
+/* Undoes dot-stuffing and drops the terminating ".\r\n".  Returns -1 when
+ * the terminator is missing or a line is badly stuffed. */
+static int
+unstuff(const struct buf *in, struct buf *out)
+{
+	size_t i = 0, o = 0;
+
+	out->p = malloc(in->len + 1);
+	out->len = 0;
+	if (in->len < 3 || memcmp(in->p + in->len - 3, ".\r\n", 3) != 0 ||
+	    (in->len > 3 && in->p[in->len - 4] != '\n'))
+		return -1;
+	while (i < in->len - 3) {
+		int bol = i == 0 || in->p[i - 1] == '\n';
+
+		if (bol && in->p[i] == '.') {
+			if (i + 1 >= in->len - 3 || in->p[i + 1] != '.')
+				return -1;
+			i++;
+		}
+		out->p[o++] = in->p[i++];
+	}
+	out->len = o;
+	return 0;
+}
+
+static char *
+show(const unsigned char *p, size_t len)
+{
+	static char s[4][200];
+	static int k;
+	char *d = s[k++ & 3];
+
+	return log_escape(d, 200, (const char *)p, len);
+}
+
+/* ---- the line reader ------------------------------------------------ */
+
+struct line_case {
+	const char	*name;
+	const char	*input;
+	size_t		 len;		/* 0: strlen(input) */
+	size_t		 repeat_a;	/* prefix of that many 'A' */
+	int		 want[4];	/* IN_ codes, ending with IN_EOF */
+	const char	*text[4];	/* the lines for IN_LINE */
+};
+
+static const struct line_case line_cases[] = {
+	{ "line/crlf", "USER bob\r\n", 0, 0,
+	    { IN_LINE, IN_EOF }, { "USER bob" } },
+	{ "line/lf", "USER bob\n", 0, 0,
+	    { IN_LINE, IN_EOF }, { "USER bob" } },
+	{ "line/empty", "\r\n\n", 0, 0,
+	    { IN_LINE, IN_LINE, IN_EOF }, { "", "" } },
+	{ "line/cr-inside", "a\rb\r\n", 0, 0,
+	    { IN_LINE, IN_EOF }, { "a\rb" } },
+	{ "line/pipelined", "STAT\r\nLIST\nQUIT\r\n", 0, 0,
+	    { IN_LINE, IN_LINE, IN_LINE, IN_EOF }, { "STAT", "LIST", "QUIT" } },
+	{ "line/exact-255", "\r\n", 0, 253,
+	    { IN_LINE, IN_EOF }, { NULL } },
+	{ "line/long-256", "\r\nNOOP\r\n", 0, 254,
+	    { IN_LONG, IN_LINE, IN_EOF }, { NULL, "NOOP" } },
+	{ "line/long-300", "\r\nNOOP\r\n", 0, 300,
+	    { IN_LONG, IN_LINE, IN_EOF }, { NULL, "NOOP" } },
+	{ "line/long-20000", "\nNOOP\n", 0, 20000,
+	    { IN_LONG, IN_LINE, IN_EOF }, { NULL, "NOOP" } },
+	{ "line/nul", "US\0ER x\r\nNOOP\r\n", 15, 0,
+	    { IN_NUL, IN_LINE, IN_EOF }, { NULL, "NOOP" } },
+	{ "line/eof-midline", "NOOP\r\nQUI", 0, 0,
+	    { IN_LINE, IN_EOF }, { "NOOP" } },
+};
+
+static void
+test_line(const struct line_case *c)
+{
+	char line[POP3D_LINE_MAX + 1];
+	struct in *in = malloc(sizeof(*in));
+	struct out *out = malloc(sizeof(*out));
+	size_t len = c->len ? c->len : strlen(c->input);
+	int sv[2], i, r = IN_EOF, devnull;
+	pid_t pid;
+
+	if (in == NULL || out == NULL ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+		exit(2);
+	if ((pid = fork()) == 0) {	/* the client: all at once, then EOF */
+		char *a = malloc(c->repeat_a + 1);
+
+		int bad;
+
+		close(sv[0]);
+		free(in);
+		free(out);
+		memset(a, 'A', c->repeat_a);
+		bad = write(sv[1], a, c->repeat_a) != (ssize_t)c->repeat_a ||
+		    write(sv[1], c->input, len) != (ssize_t)len;
+		free(a);
+		_exit(bad);
+	}
+	close(sv[1]);
+	devnull = open("/dev/null", O_WRONLY);
+	in_init(in, sv[0]);
+	out_init(out, devnull);
+	for (i = 0; i < 4; i++) {
+		r = in_line(in, out, line, POP3D_LINE_MAX, 5);
+		if (r != c->want[i])
+			break;
+		if (r == IN_LINE && c->text[i] != NULL &&
+		    strcmp(line, c->text[i]) != 0)
+			break;
+		if (r == IN_LINE && c->text[i] == NULL &&
+		    strlen(line) != c->repeat_a)
+			break;
+		if (r == IN_EOF) {
+			i = 4;
+			break;
+		}
+	}
+	waitpid(pid, NULL, 0);
+	close(sv[0]);
+	close(devnull);
+	result(c->name, i == 4, "step %d: got %d want %d (%s)", i, r,
+	    i < 4 ? c->want[i] : -1, r == IN_LINE ? line : "");
+	free(in);
+	free(out);
+}
+
+/* ---- mailbox fixtures ----------------------------------------------- */
+
+#define S(x)	x, sizeof(x) - 1
+
+struct fixture {
+	const char	*name;
+	const char	*data;
+	size_t		 len;
+	int		 open;		/* expected mailbox_open result */
+	unsigned	 count;
+	const char	*sent[4];	/* content as sent, before stuffing */
+	size_t		 sent_len[4];	/* 0: strlen */
+};
+
+#define FROM1	"From alice@example.org Wed Jan 24 10:49:06 2011\n"
+#define FROM2	"From bob@example.org  Thu Feb  3 08:00:00 2011\n"
+
+static const struct fixture fixtures[] = {
+	{ "mbox/single", S(FROM1 "Subject: a\n\nbody\n"), MB_OK, 1,
+	    { "Subject: a\r\n\r\nbody\r\n" }, { 0 } },
+	{ "mbox/three", S(FROM1 "Subject: a\n\none\n\n" FROM2 "Subject: b\n\n"
+	    "two\n\n" FROM1 "Subject: c\n\nthree\n"), MB_OK, 3,
+	    { "Subject: a\r\n\r\none\r\n", "Subject: b\r\n\r\ntwo\r\n",
+	    "Subject: c\r\n\r\nthree\r\n" }, { 0 } },
+	{ "mbox/trailing-blank", S(FROM1 "S: a\n\nx\n\n"), MB_OK, 1,
+	    { "S: a\r\n\r\nx\r\n" }, { 0 } },
+	{ "mbox/two-trailing-blanks", S(FROM1 "S: a\n\nx\n\n\n"), MB_OK, 1,
+	    { "S: a\r\n\r\nx\r\n\r\n" }, { 0 } },
+	{ "mbox/no-final-newline", S(FROM1 "S: a\n\nlast"), MB_OK, 1,
+	    { "S: a\r\n\r\nlast\r\n" }, { 0 } },
+	{ "mbox/final-cr", S(FROM1 "S: a\n\nlast\r"), MB_OK, 1,
+	    { "S: a\r\n\r\nlast\r\n" }, { 0 } },
+	{ "mbox/from-in-body", S(FROM1 "S: a\n\nhello\n\nFrom here we go\n"
+	    "\nFrom me Wed Jan 24 2011\n\nFrom x Foo Jan 24 10:49:06 2011\n"),
+	    MB_OK, 1, { "S: a\r\n\r\nhello\r\n\r\nFrom here we go\r\n\r\n"
+	    "From me Wed Jan 24 2011\r\n\r\n"
+	    "From x Foo Jan 24 10:49:06 2011\r\n" }, { 0 } },
+	{ "mbox/from-without-blank", S(FROM1 "S: a\n\nx\n" FROM2 "y\n"),
+	    MB_OK, 1, { "S: a\r\n\r\nx\r\nFrom bob@example.org  Thu Feb  3 "
+	    "08:00:00 2011\r\ny\r\n" }, { 0 } },
+	{ "mbox/gt-from", S(FROM1 "S: a\n\n>From me\n>>From you\n"), MB_OK, 1,
+	    { "S: a\r\n\r\n>From me\r\n>>From you\r\n" }, { 0 } },
+	{ "mbox/dots", S(FROM1 "S: a\n\n.\n..\n.x\n x.\n."), MB_OK, 1,
+	    { "S: a\r\n\r\n.\r\n..\r\n.x\r\n x.\r\n.\r\n" }, { 0 } },
+	{ "mbox/crlf-stored", S("From a@b Wed Jan 24 10:49:06 2011\r\n"
+	    "S: a\r\n\r\none\r\n\r\nFrom c@d Wed Jan 24 10:49:07 2011\r\n"
+	    "S: b\r\n\r\ntwo\r\n\r\n"), MB_OK, 2,
+	    { "S: a\r\n\r\none\r\n", "S: b\r\n\r\ntwo\r\n" }, { 0 } },
+	{ "mbox/mixed-cr", S(FROM1 "a\rb\n\r\r\n\n\rx\n"), MB_OK, 1,
+	    { "a\rb\r\n\r\r\n\r\n\rx\r\n" }, { 0 } },
+	{ "mbox/nul-bytes", S(FROM1 "S: a\0b\n\n\0\0\n"), MB_OK, 1,
+	    { "S: a\0b\r\n\r\n\0\0\r\n" }, { 14 } },
+	{ "mbox/header-only", S(FROM1 "S: a\nT: b\n\n" FROM2 "S: c\n"),
+	    MB_OK, 2, { "S: a\r\nT: b\r\n", "S: c\r\n" }, { 0 } },
+	{ "mbox/empty-message", S(FROM1 "\n" FROM2 "\n"), MB_OK, 2,
+	    { "", "" }, { 0 } },
+	{ "mbox/from-only-at-eof", S(FROM1), MB_OK, 1, { "" }, { 0 } },
+	{ "mbox/date-variants", S(FROM1 "a\n\n"
+	    "From u Wed Jan  4 10:49 2011\nb\n\n"
+	    "From u Wed Jan 24 10:49:06 PST 2011\nc\n\n"
+	    "From u Wed Jan 24 10:49:06 MET DST 2011\nd\n\n"
+	    "From u Wed Jan 24 10:49:06 2011 +0100\ne\n\n"
+	    "From u Wed Jan 24 10:49:06 -0500 2011\nf\n\n"
+	    "From u Wed Jan 24 10:49:06 2011 remote from host\ng\n\n"
+	    "From \"a b\"@c sat jan 1 0:00:00 99\r\nh\n\n"
+	    "From u Wed Jan 24 10:49:06 2011 trailing junk\ni\n"),
+	    MB_OK, 8, { "a\r\n", "b\r\n", "c\r\n" }, { 0 } },
+	{ "mbox/pseudo-hidden", S(FROM1 "Date: x\nSubject: DON'T DELETE THIS "
+	    "MESSAGE -- FOLDER INTERNAL DATA\nX-IMAP: 1234567890 0000000002\n"
+	    "\nThis text is part of the internal format of your mail folder."
+	    "\n\n" FROM2 "S: real\n\nbody\n"), MB_OK, 1,
+	    { "S: real\r\n\r\nbody\r\n" }, { 0 } },
+	{ "mbox/folder-subject-only", S(FROM1 "Subject: FOLDER INTERNAL DATA"
+	    "\n\nx\n"), MB_OK, 1,
+	    { "Subject: FOLDER INTERNAL DATA\r\n\r\nx\r\n" }, { 0 } },
+	{ "mbox/empty-file", "", 0, MB_OK, 0, { NULL }, { 0 } },
+	{ "mbox/not-mbox", S("Subject: a\n\nbody\n"), MB_PERM, 0, { NULL },
+	    { 0 } },
+	{ "mbox/leading-blank", S("\n" FROM1 "S: a\n"), MB_PERM, 0, { NULL },
+	    { 0 } },
+	{ "mbox/from-every-line", S(FROM1 FROM1 FROM1 "\n" FROM1 "\n" FROM1),
+	    MB_OK, 3, { "From alice@example.org Wed Jan 24 10:49:06 2011\r\n"
+	    "From alice@example.org Wed Jan 24 10:49:06 2011\r\n", "", "" },
+	    { 0 } },
+};
+
+/* RETR of every message: the expected content, and LIST size equal to
+ * the octets sent once dot-stuffing is undone. */
+static void
+test_fixture(const struct fixture *f)
+{
+	struct mailbox *mb = NULL;
+	char why[300] = "";
+	unsigned i, n;
+	uint64_t octets, sum = 0;
+	int r = open_mb(&mb, f->data, f->len, UIDL_DIGEST);
+
+	if (r != f->open || (r == MB_OK && mailbox_count(mb) != f->count)) {
+		result(f->name, 0, "open %d count %u", r,
+		    mb ? mailbox_count(mb) : 0);
+		mailbox_close(mb);
+		return;
+	}
+	for (i = 1; mb != NULL && i <= f->count && why[0] == '\0'; i++) {
+		struct buf raw = { NULL, 0 }, body = { NULL, 0 };
+
+		if ((r = capture(mb, i, -1, &raw)) != MB_OK)
+			snprintf(why, sizeof(why), "msg %u send %d", i, r);
+		else if (unstuff(&raw, &body) < 0)
+			snprintf(why, sizeof(why), "msg %u bad stuffing: %s",
+			    i, show(raw.p, raw.len));
+		else if (body.len != mailbox_size(mb, i))
+			snprintf(why, sizeof(why), "msg %u LIST %llu RETR %zu",
+			    i, (unsigned long long)mailbox_size(mb, i),
+			    body.len);
+		else if (i <= 4 && f->sent[i - 1] != NULL) {
+			size_t el = f->sent_len[i - 1] ? f->sent_len[i - 1] :
+			    strlen(f->sent[i - 1]);
+
+			if (el != body.len || memcmp(body.p, f->sent[i - 1],
+			    el) != 0)
+				snprintf(why, sizeof(why), "msg %u got \"%s\"",
+				    i, show(body.p, body.len));
+		}
+		sum += mailbox_size(mb, i);
+		buf_free(&raw);
+		buf_free(&body);
+	}
+	if (mb != NULL && why[0] == '\0') {
+		mailbox_stat(mb, &n, &octets);
+		if (n != f->count || octets != sum)
+			snprintf(why, sizeof(why), "STAT %u %llu", n,
+			    (unsigned long long)octets);
+	}
+	result(f->name, why[0] == '\0', "%s", why);
+	mailbox_close(mb);
+}
+
+/* A missing file is an empty maildrop, and stays missing. */
+static void
+test_missing(void)
+{
+	struct mailbox *mb = NULL;
+	struct stat st;
+	int r;
+
+	unlink(mbpath);
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+	if (r == MB_OK)
+		r = mailbox_update(mb);
+	result("mbox/missing", r == MB_OK && mb != NULL &&
+	    mailbox_count(mb) == 0 && stat(mbpath, &st) < 0 &&
+	    errno == ENOENT, "r %d", r);
+	mailbox_close(mb);
+}
+
+/* Lines and From_ lines straddling the scanner's block boundaries. */
+static void
+test_block_boundaries(void)
+{
+	static const size_t at[] = { 65536 - 30, 65536 - 1, 65536,
+	    65536 + 3, 2 * 65536 - 2 };
+	char why[200] = "";
+	size_t k;
+
+	for (k = 0; k < sizeof(at) / sizeof(at[0]) && why[0] == '\0'; k++) {
+		size_t pad = at[k] - strlen(FROM1 "S: a\n\n") - 2, len;
+		char *d = malloc(at[k] + 200);
+		struct mailbox *mb = NULL;
+		struct buf raw, body;
+		int r;
+
+		len = (size_t)sprintf(d, FROM1 "S: a\n\n");
+		memset(d + len, '.', pad);	/* one long dot line */
+		len += pad;
+		len += (size_t)sprintf(d + len, "\n\n" FROM2 ".\n\n");
+		r = open_mb(&mb, d, len, UIDL_DIGEST);
+		if (r != MB_OK || mailbox_count(mb) != 2)
+			snprintf(why, sizeof(why), "at %zu: open %d", at[k], r);
+		else if (capture(mb, 1, -1, &raw) != MB_OK ||
+		    unstuff(&raw, &body) < 0 ||
+		    body.len != mailbox_size(mb, 1) ||
+		    body.len != 8 + pad + 2 ||
+		    raw.len != 8 + pad + 1 + 2 + 3)
+			snprintf(why, sizeof(why), "at %zu: msg 1 %zu", at[k],
+			    raw.len);
+		else {
+			buf_free(&raw);
+			buf_free(&body);
+			if (capture(mb, 2, -1, &raw) != MB_OK ||
+			    raw.len != 7 || memcmp(raw.p, "..\r\n.\r\n", 7))
+				snprintf(why, sizeof(why), "at %zu: msg 2",
+				    at[k]);
+		}
+		buf_free(&raw);
+		buf_free(&body);
+		mailbox_close(mb);
+		free(d);
+	}
+	result("mbox/block-boundaries", why[0] == '\0', "%s", why);
+}
+
+/* A 3 MB line without any LF, and a 200 kB From_ line-lookalike. */
+static void
+test_giant_lines(void)
+{
+	size_t big = 3 * 1024 * 1024, len;
+	char *d = malloc(big + 400000);
+	struct mailbox *mb = NULL;
+	struct buf raw = { NULL, 0 };
+	int r;
+
+	len = (size_t)sprintf(d, FROM1 "S: a\n\n");
+	memcpy(d + len, "From ", 5);
+	memset(d + len + 5, 'x', 200000);
+	len += 200005;
+	len += (size_t)sprintf(d + len, " Wed Jan 24 10:49:06 2011\n\n");
+	memset(d + len, 'y', big);
+	len += big;
+	r = open_mb(&mb, d, len, UIDL_DIGEST);
+	if (r == MB_OK)
+		r = capture(mb, 1, -1, &raw);
+	result("mbox/giant-lines", r == MB_OK && mailbox_count(mb) == 1 &&
+	    mailbox_size(mb, 1) == 8 + 5 + 200000 + 25 + 2 + 2 + big + 2 &&
+	    raw.len == mailbox_size(mb, 1) + 3, "r %d size %llu", r,
+	    mb ? (unsigned long long)mailbox_size(mb, 1) : 0ULL);
+	buf_free(&raw);
+	mailbox_close(mb);
+	free(d);
+}
+
+/* Many tiny messages: count, sizes, time, memory. */
+static void
+test_many(void)
+{
+	const char *env = getenv("UNIT_MANY");
+	unsigned want = env ? (unsigned)strtoul(env, NULL, 10) : 1000000;
+	static const char one[] = "From a Mon Jan  1 00:00:00 2000\nX\n\n";
+	struct mailbox *mb = NULL;
+	struct rusage ru;
+	uint64_t octets;
+	unsigned i, n;
+	FILE *f = fopen(mbpath, "w");
+	clock_t t0;
+	int r;
+
+	for (i = 0; f != NULL && i < want; i++)
+		fwrite(one, 1, sizeof(one) - 1, f);
+	if (f == NULL || fclose(f) != 0)
+		exit(2);
+	t0 = clock();
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+	getrusage(RUSAGE_SELF, &ru);
+	if (r == MB_OK)
+		mailbox_stat(mb, &n, &octets);
+	printf("# %u messages: %.2f s cpu, max rss %ld kB\n", want,
+	    (double)(clock() - t0) / CLOCKS_PER_SEC, ru.ru_maxrss);
+	result("mbox/many-tiny", r == MB_OK && n == want &&
+	    octets == 3ULL * want, "r %d n %u", r, r == MB_OK ? n : 0);
+	if (r == MB_OK) {	/* all the same id: -2 ... -want */
+		char id[POP3D_UIDL_MAX + 1], first[POP3D_UIDL_MAX + 1];
+		char expect[POP3D_UIDL_MAX + 16];
+
+		mailbox_uidl(mb, 1, first);
+		mailbox_uidl(mb, want, id);
+		snprintf(expect, sizeof(expect), "%s-%u", first, want);
+		result("uidl/many-duplicates", want < 2 ||
+		    strcmp(id, expect) == 0, "last %s", id);
+	}
+	mailbox_close(mb);
+}
+
+/* ---- TOP -------------------------------------------------------------- */
+
+struct top_case {
+	const char	*name;
+	const char	*data;
+	long		 lines;
+	const char	*want;
+};
+
+#define TOPMSG	FROM1 "S: a\nT: b\n\n.1\n2\n3\n"
+
+static const struct top_case top_cases[] = {
+	{ "top/0", TOPMSG, 0, "S: a\r\nT: b\r\n\r\n.\r\n" },
+	{ "top/1", TOPMSG, 1, "S: a\r\nT: b\r\n\r\n..1\r\n.\r\n" },
+	{ "top/2", TOPMSG, 2, "S: a\r\nT: b\r\n\r\n..1\r\n2\r\n.\r\n" },
+	{ "top/more-than-body", TOPMSG, 99,
+	    "S: a\r\nT: b\r\n\r\n..1\r\n2\r\n3\r\n.\r\n" },
+	{ "top/header-only", FROM1 "S: a\n", 0, "S: a\r\n.\r\n" },
+	{ "top/crlf-stored", "From a@b Wed Jan 24 10:49:06 2011\r\nS: a\r\n"
+	    "\r\nx\r\ny\r\n", 1, "S: a\r\n\r\nx\r\n.\r\n" },
+	{ "top/no-final-newline", FROM1 "S: a\n\nx", 5,
+	    "S: a\r\n\r\nx\r\n.\r\n" },
+	{ "top/empty-body", FROM1 "S: a\n\n", 3, "S: a\r\n.\r\n" },
+};
+
+static void
+test_top(const struct top_case *c)
+{
+	struct mailbox *mb = NULL;
+	struct buf raw = { NULL, 0 };
+	int r = open_mb(&mb, c->data, strlen(c->data), UIDL_DIGEST);
+
+	if (r == MB_OK)
+		r = capture(mb, 1, c->lines, &raw);
+	result(c->name, r == MB_OK && raw.len == strlen(c->want) &&
+	    memcmp(raw.p, c->want, raw.len) == 0, "r %d got \"%s\"", r,
+	    show(raw.p, raw.len));
+	buf_free(&raw);
+	mailbox_close(mb);
+}
+
+/* ---- mailbox_emit across piece boundaries ---------------------------- */
+
+static struct buf
+emit_pieces(const unsigned char *src, size_t len, size_t cut1, size_t cut2)
+{
+	char path[160];
+	struct out *out = malloc(sizeof(*out));
+	struct emit em;
+	struct buf b;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/emitXXXXXX", dir);
+	if (out == NULL || (fd = mkstemp(path)) < 0)
+		exit(2);
+	unlink(path);
+	out_init(out, fd);
+	mailbox_emit_init(&em);
+	mailbox_emit(out, src, cut1, &em);
+	mailbox_emit(out, src + cut1, cut2 - cut1, &em);
+	mailbox_emit(out, src + cut2, len - cut2, &em);
+	mailbox_emit_end(out, &em);
+	out_flush(out);
+	free(out);
+	b.len = (size_t)lseek(fd, 0, SEEK_END);
+	b.p = malloc(b.len + 1);
+	if (b.p == NULL || pread(fd, b.p, b.len, 0) != (ssize_t)b.len)
+		exit(2);
+	close(fd);
+	return b;
+}
+
+struct emit_case {
+	const char	*name;
+	const char	*in;
+	const char	*want;
+};
+
+static const struct emit_case emit_cases[] = {
+	{ "emit/dots", ".\n..\nx.\n.x", "..\r\n...\r\nx.\r\n..x\r\n.\r\n" },
+	{ "emit/crlf", "a\r\n\r\nb\n\r\r\n", "a\r\n\r\nb\r\n\r\r\n.\r\n" },
+	{ "emit/final-cr", "a\r", "a\r\n.\r\n" },
+	{ "emit/empty", "", ".\r\n" },
+	{ "emit/lone-lf", "\n", "\r\n.\r\n" },
+	{ "emit/dot-after-cr", "\r.\n.", "\r.\r\n..\r\n.\r\n" },
+};
+
+/* Every way of cutting the input in three gives the same output. */
+static void
+test_emit(const struct emit_case *c)
+{
+	const unsigned char *in = (const unsigned char *)c->in;
+	size_t len = strlen(c->in), a, b;
+	char why[300] = "";
+
+	for (a = 0; a <= len && why[0] == '\0'; a++)
+		for (b = a; b <= len && why[0] == '\0'; b++) {
+			struct buf o = emit_pieces(in, len, a, b);
+
+			if (o.len != strlen(c->want) ||
+			    memcmp(o.p, c->want, o.len) != 0)
+				snprintf(why, sizeof(why), "cut %zu,%zu: \"%s\"",
+				    a, b, show(o.p, o.len));
+			buf_free(&o);
+		}
+	result(c->name, why[0] == '\0', "%s", why);
+}
+
+/* ---- UIDL ------------------------------------------------------------- */
+
+/* popa3d's print order of the MD5 octets. */
+static void
+popa3d_id(const char *hashed, char *id)
+{
+	static const int order[8] = { 3, 2, 1, 0, 7, 6, 5, 4 };
+	uint8_t d[MD5_DIGEST_LENGTH];
+	MD5_CTX ctx;
+	int i;
+
+	MD5Init(&ctx);
+	MD5Update(&ctx, (const uint8_t *)hashed, strlen(hashed));
+	MD5Final(d, &ctx);
+	for (i = 0; i < 8; i++)
+		sprintf(id + 2 * i, "%02x", d[order[i]]);
+}
+
+#define UIDL_M1_HASHED \
+	"Delivered-To: u@example.org\n" \
+	"Received: from mx.example.org by h.example.org;\n" \
+	"\tWed, 24 Jan 2011 10:49:06 +0000\n" \
+	"X-Delivery-ID: abc\n"
+#define UIDL_M1 FROM1 \
+	"Return-Path: <a@example.org>\n" \
+	"Delivered-To: u@example.org\n" \
+	"Received: from mx.example.org by h.example.org;\n" \
+	"\tWed, 24 Jan 2011 10:49:06 +0000\n" \
+	"Received: from elsewhere by mx.example.org;\n" \
+	"\tWed, 24 Jan 2011 10:49:05 +0000\n" \
+	"Date: Wed, 24 Jan 2011 10:49:00 +0000\n" \
+	"Message-ID: <1@example.org>\n" \
+	"X-Delivery-ID: abc\n" \
+	"x-delivery-id: lower\n" \
+	"Subject: s\n" \
+	"\n" \
+	"Delivered-To: body@example.org\n"
+#define UIDL_M2_HASHED \
+	"date: Thu, 3 Feb 2011 08:00:00 +0000\n" \
+	"MESSAGE-ID: <2@example.org>\n" \
+	"  <folded>\n" \
+	"RECEIVED: from a\n"
+#define UIDL_M2 FROM2 \
+	"Subject: t\n" \
+	"date: Thu, 3 Feb 2011 08:00:00 +0000\n" \
+	"MESSAGE-ID: <2@example.org>\n" \
+	"  <folded>\n" \
+	"RECEIVED: from a\n" \
+	"Received: from b\n" \
+	"\n" \
+	"body\n"
+
+static void
+test_uidl_digest(void)
+{
+	char got1[POP3D_UIDL_MAX + 1], got2[POP3D_UIDL_MAX + 1];
+	char want1[17], want2[17];
+	struct mailbox *mb = NULL;
+	int r = open_mb(&mb, S(UIDL_M1 "\n" UIDL_M2), UIDL_DIGEST);
+
+	popa3d_id(UIDL_M1_HASHED, want1);
+	popa3d_id(UIDL_M2_HASHED, want2);
+	if (r == MB_OK && mailbox_count(mb) == 2) {
+		mailbox_uidl(mb, 1, got1);
+		mailbox_uidl(mb, 2, got2);
+	} else
+		got1[0] = got2[0] = '\0';
+	result("uidl/popa3d-digest", strcmp(got1, want1) == 0 &&
+	    strcmp(got2, want2) == 0, "r %d got %s %s want %s %s", r, got1,
+	    got2, want1, want2);
+	mailbox_close(mb);
+}
+
+struct uidl_case {
+	const char	*name;
+	enum uidl_mode	 mode;
+	const char	*data;
+	const char	*want[5];	/* NULL: the digest (checked unique) */
+};
+
+#define XU(v)	FROM1 "X-UIDL: " v "\n\nb\n\n"
+#define L70	"0123456789012345678901234567890123456789" \
+		"012345678901234567890123456789"
+
+static const struct uidl_case uidl_cases[] = {
+	{ "uidl/duplicates", UIDL_DIGEST, FROM1 "S: a\n\n" FROM1 "S: a\n\n"
+	    FROM1 "S: b\n", { "=1", "=1-2", "=1-3" } },
+	{ "uidl/xuidl", UIDL_XUIDL, XU("abc") XU(" \tdef  ") XU("abc")
+	    XU("abc-2") XU("abc"), { "abc", "def", "abc-3", "abc-2",
+	    "abc-4" } },
+	{ "uidl/xuidl-invalid", UIDL_XUIDL, XU("has space") XU("")
+	    XU(L70 "x") XU("\x7f"), { NULL, "=1-2", "=1-3", "=1-4" } },
+	{ "uidl/xuidl-70", UIDL_XUIDL, XU(L70) XU(L70),
+	    { L70, "012345678901234567890123456789012345678901234567890123"
+	    "45678901234567-2" } },
+	{ "uidl/xuidl-off-in-digest-mode", UIDL_DIGEST, XU("abc"),
+	    { NULL } },
+	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 0000000009\n"
+	    "X-UID: 3\n\nb\n\n" FROM2 "X-UID: 4294967295\n\n" FROM2
+	    "X-UID: 4294967296\n\n" FROM2 "X-UID: 7x\n\n",
+	    { "00000003499602D2", "FFFFFFFF499602D2", NULL, "=3-2" } },
+	{ "uidl/xuid-pseudo", UIDL_XUID, FROM1 "Subject: FOLDER INTERNAL "
+	    "DATA\nX-IMAP: 0000000042 0000000009\n\ninternal\n\n" FROM2
+	    "X-UID: 10\n\n", { "0000000A0000002A" } },
+	{ "uidl/xuid-no-uidvalidity", UIDL_XUID, FROM1 "X-UID: 3\n\n",
+	    { NULL } },
+};
+
+/* Checks the ids of a case; "=k" means the id of message k. */
+static void
+test_uidl(const struct uidl_case *c)
+{
+	char ids[5][POP3D_UIDL_MAX + 1], why[600] = "";
+	struct mailbox *mb = NULL;
+	unsigned i, j, n = 0;
+	int r = open_mb(&mb, c->data, strlen(c->data), c->mode);
+
+	while (n < 5 && (n == 0 || c->want[n] != NULL ||
+	    (mb != NULL && n < mailbox_count(mb))))
+		n++;
+	if (r != MB_OK || mailbox_count(mb) != n) {
+		result(c->name, 0, "open %d count %u want %u", r,
+		    mb ? mailbox_count(mb) : 0, n);
+		mailbox_close(mb);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		size_t len, k;
+
+		mailbox_uidl(mb, i + 1, ids[i]);
+		len = strlen(ids[i]);
+		for (k = 0; k < len; k++)
+			if (ids[i][k] < 0x21 || ids[i][k] > 0x7e)
+				break;
+		if (len < 1 || len > POP3D_UIDL_MAX || k < len)
+			snprintf(why, sizeof(why), "bad id %u: %s", i + 1,
+			    ids[i]);
+		for (j = 0; j < i; j++)
+			if (strcmp(ids[i], ids[j]) == 0)
+				snprintf(why, sizeof(why), "%u and %u: %s",
+				    j + 1, i + 1, ids[i]);
+	}
+	for (i = 0; i < n && why[0] == '\0'; i++) {
+		const char *w = c->want[i];
+		char expect[2 * POP3D_UIDL_MAX + 1];
+
+		if (w == NULL) {	/* the digest: 16 hex digits */
+			if (strlen(ids[i]) != 16 ||
+			    strspn(ids[i], "0123456789abcdef") != 16)
+				snprintf(why, sizeof(why), "%u: %s not a "
+				    "digest", i + 1, ids[i]);
+			continue;
+		}
+		if (w[0] == '=') {
+			snprintf(expect, sizeof(expect), "%s%s",
+			    ids[w[1] - '1'], w + 2);
+			w = expect;
+		}
+		if (strcmp(ids[i], w) != 0)
+			snprintf(why, sizeof(why), "%u: %s want %s", i + 1,
+			    ids[i], w);
+	}
+	result(c->name, why[0] == '\0', "%s", why);
+	mailbox_close(mb);
+}
+
+/* The same maildrop gives the same ids in the next session, and after a
+ * deletion the others keep theirs. */
+static void
+test_uidl_stable(void)
+{
+	static const char data[] = UIDL_M1 "\n" UIDL_M2 "\n" FROM1 "S: c\n";
+	char a[3][POP3D_UIDL_MAX + 1], b[2][POP3D_UIDL_MAX + 1];
+	struct mailbox *mb = NULL;
+	int r = open_mb(&mb, S(data), UIDL_DIGEST), ok = 0;
+
+	if (r == MB_OK) {
+		mailbox_uidl(mb, 1, a[0]);
+		mailbox_uidl(mb, 2, a[1]);
+		mailbox_uidl(mb, 3, a[2]);
+		mailbox_delete(mb, 2);
+		r = mailbox_update(mb);
+		mailbox_close(mb);
+		mb = NULL;
+	}
+	if (r == MB_OK)
+		r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+	if (r == MB_OK && mailbox_count(mb) == 2) {
+		mailbox_uidl(mb, 1, b[0]);
+		mailbox_uidl(mb, 2, b[1]);
+		ok = strcmp(a[0], b[0]) == 0 && strcmp(a[2], b[1]) == 0;
+	}
+	result("uidl/stable-after-delete", ok, "r %d", r);
+	mailbox_close(mb);
+}
+
+/* ---- change detection ------------------------------------------------ */
+
+#define CH_DATA	FROM1 "Subject: one\n\nbody one\n\n" FROM2 "Subject: two\n\n" \
+	"body two\n"
+#define CH_NEW	"\nFrom carol@example.org Fri Feb  4 09:00:00 2011\nS: new\n\nn\n"
+
+static void
+test_change(void)
+{
+	struct mailbox *mb = NULL;
+	struct buf raw = { NULL, 0 };
+	struct buf f;
+	int r, r2, r3;
+	char tmp[160];
+
+	/* appended mail is fine */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	append_file(mbpath, S(CH_NEW));
+	r2 = r == MB_OK ? capture(mb, 2, -1, &raw) : -99;
+	r3 = r == MB_OK ? mailbox_check(mb, 1) : -99;
+	result("change/append-ok", r2 == MB_OK && r3 == MB_OK &&
+	    mailbox_count(mb) == 2, "r %d %d %d", r, r2, r3);
+	buf_free(&raw);
+	mailbox_close(mb);
+
+	/* same size, one octet changed in a header */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	f = read_file(mbpath);
+	*(unsigned char *)memmem(f.p, f.len, "two", 3) = 'T';
+	write_file(mbpath, f.p, f.len);
+	bump_mtime(mbpath);
+	r2 = r == MB_OK ? capture(mb, 2, -1, &raw) : -99;
+	result("change/rewritten", r2 == MB_CHANGED && raw.len == 0,
+	    "r %d sent %zu", r2, raw.len);
+	buf_free(&raw);
+	buf_free(&f);
+	mailbox_close(mb);
+
+	/* a body octet at the end changed, same size */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	f = read_file(mbpath);
+	f.p[f.len - 2] = 'X';
+	write_file(mbpath, f.p, f.len);
+	bump_mtime(mbpath);
+	r2 = r == MB_OK ? mailbox_check(mb, 1) : -99;
+	result("change/tail-rewritten", r2 == MB_CHANGED, "r %d", r2);
+	buf_free(&f);
+	mailbox_close(mb);
+
+	/* truncated */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	if (truncate(mbpath, 10) < 0)
+		exit(2);
+	r2 = r == MB_OK ? mailbox_check(mb, 1) : -99;
+	result("change/truncated", r2 == MB_CHANGED, "r %d", r2);
+	mailbox_close(mb);
+
+	/* replaced by rename */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	snprintf(tmp, sizeof(tmp), "%s.new", mbpath);
+	write_file(tmp, S(CH_DATA));
+	rename(tmp, mbpath);
+	r2 = r == MB_OK ? mailbox_check(mb, 2) : -99;
+	r3 = r == MB_OK ? mailbox_update(mb) : -99;
+	result("change/replaced", r2 == MB_CHANGED, "r %d %d", r2, r3);
+	mailbox_close(mb);
+
+	/* a rewrite before UPDATE: nothing written */
+	r = open_mb(&mb, S(CH_DATA), UIDL_DIGEST);
+	f = read_file(mbpath);
+	*(unsigned char *)memmem(f.p, f.len, "one", 3) = 'O';
+	write_file(mbpath, f.p, f.len);
+	bump_mtime(mbpath);
+	if (r == MB_OK)
+		mailbox_delete(mb, 2);
+	r2 = r == MB_OK ? mailbox_update(mb) : -99;
+	buf_free(&raw);
+	raw = read_file(mbpath);
+	result("change/update-refused", r2 == MB_CHANGED && raw.len == f.len &&
+	    memcmp(raw.p, f.p, f.len) == 0, "r %d", r2);
+	buf_free(&raw);
+	buf_free(&f);
+	mailbox_close(mb);
+}
+
+/* ---- UPDATE ----------------------------------------------------------- */
+
+#define UP_M1	FROM1 "S: 1\n\none\n\n"
+#define UP_M2	FROM2 "S: 2\n\ntwo\n\n"
+#define UP_M3	FROM1 "S: 3\n\nthree\n"
+#define UP_PS	FROM1 "Subject: DON'T DELETE THIS MESSAGE -- FOLDER " \
+	"INTERNAL DATA\nX-IMAP: 1 2\n\ninternal\n\n"
+
+struct update_case {
+	const char	*name;
+	const char	*data;
+	unsigned	 del[4];	/* messages to delete, 0-terminated */
+	const char	*append;	/* appended after the scan, or NULL */
+	const char	*want;
+};
+
+static const struct update_case update_cases[] = {
+	{ "update/none", UP_M1 UP_M2 UP_M3, { 0 }, NULL, UP_M1 UP_M2 UP_M3 },
+	{ "update/first", UP_M1 UP_M2 UP_M3, { 1 }, NULL, UP_M2 UP_M3 },
+	{ "update/middle", UP_M1 UP_M2 UP_M3, { 2 }, NULL, UP_M1 UP_M3 },
+	{ "update/last", UP_M1 UP_M2 UP_M3, { 3 }, NULL, UP_M1 UP_M2 },
+	{ "update/all", UP_M1 UP_M2 UP_M3, { 1, 2, 3 }, NULL, "" },
+	{ "update/all-appended", UP_M1 UP_M2, { 1, 2 }, "\n" UP_M3, "\n" UP_M3 },
+	{ "update/middle-appended", UP_M1 UP_M2 UP_M3, { 2 }, "\n" UP_M1,
+	    UP_M1 UP_M3 "\n" UP_M1 },
+	{ "update/pseudo-kept", UP_PS UP_M1 UP_M2, { 1, 2 }, NULL, UP_PS },
+	{ "update/pseudo-middle", UP_PS UP_M1 UP_M2 UP_M3, { 2 }, NULL,
+	    UP_PS UP_M1 UP_M3 },
+};
+
+static void
+test_update(const struct update_case *c)
+{
+	struct mailbox *mb = NULL;
+	struct stat st0, st1;
+	struct buf f = { NULL, 0 };
+	unsigned i;
+	int r = open_mb(&mb, c->data, strlen(c->data), UIDL_DIGEST);
+
+	if (c->append != NULL)
+		append_file(mbpath, c->append, strlen(c->append));
+	stat(mbpath, &st0);
+	for (i = 0; r == MB_OK && c->del[i] != 0; i++)
+		mailbox_delete(mb, c->del[i]);
+	if (r == MB_OK)
+		r = mailbox_update(mb);
+	stat(mbpath, &st1);
+	f = read_file(mbpath);
+	result(c->name, r == MB_OK && f.len == strlen(c->want) &&
+	    memcmp(f.p, c->want, f.len) == 0 && (c->del[0] != 0 ||
+	    (st0.st_mtim.tv_nsec == st1.st_mtim.tv_nsec &&
+	    st0.st_mtim.tv_sec == st1.st_mtim.tv_sec)) &&
+	    access(mbpath_lock(), F_OK) < 0,
+	    "r %d got \"%s\"", r, show(f.p, f.len));
+	buf_free(&f);
+	mailbox_close(mb);
+}
+
+/* A large kept message moved down over a deleted one, across blocks. */
+static void
+test_update_large(void)
+{
+	size_t big = 300000, len = 0;
+	char *d = malloc(big + 1000), *want;
+	struct mailbox *mb = NULL;
+	struct buf f;
+	size_t i;
+	int r;
+
+	len += (size_t)sprintf(d, UP_M1 FROM2 "S: big\n\n");
+	for (i = 0; i < big; i++)
+		d[len + i] = (char)('a' + i % 26);
+	d[len + big - 1] = '\n';
+	len += big;
+	want = d + strlen(UP_M1);
+	r = open_mb(&mb, d, len, UIDL_DIGEST);
+	if (r == MB_OK) {
+		mailbox_delete(mb, 1);
+		r = mailbox_update(mb);
+	}
+	f = read_file(mbpath);
+	result("update/large-move", r == MB_OK && f.len == len -
+	    strlen(UP_M1) && memcmp(f.p, want, f.len) == 0, "r %d len %zu",
+	    r, f.len);
+	buf_free(&f);
+	mailbox_close(mb);
+	free(d);
+}
+
+/* DELE and RSET as seen by STAT and the size of an UPDATE-less QUIT. */
+static void
+test_dele_rset(void)
+{
+	struct mailbox *mb = NULL;
+	uint64_t o1, o2, o3;
+	unsigned n1, n2, n3;
+	int r = open_mb(&mb, S(UP_M1 UP_M2 UP_M3), UIDL_DIGEST), ok = 0;
+
+	if (r == MB_OK) {
+		mailbox_stat(mb, &n1, &o1);
+		mailbox_delete(mb, 2);
+		mailbox_delete(mb, 2);
+		mailbox_stat(mb, &n2, &o2);
+		ok = mailbox_is_deleted(mb, 2) && !mailbox_is_deleted(mb, 1);
+		mailbox_reset(mb);
+		mailbox_stat(mb, &n3, &o3);
+		ok = ok && n1 == 3 && n2 == 2 && o2 == o1 - mailbox_size(mb, 2) &&
+		    n3 == 3 && o3 == o1 && !mailbox_is_deleted(mb, 2);
+	}
+	result("mbox/dele-rset", ok, "r %d", r);
+	mailbox_close(mb);
+}
+
+/* ---- locking ------------------------------------------------------------ */
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void
+test_locks(void)
+{
+	struct mailbox *mb = NULL;
+	double t0, t;
+	int r, r2, p[2];
+	pid_t pid;
+	char c;
+
+	/* a dotlock held by someone else */
+	write_file(mbpath, S(UP_M1));
+	if (lockfile_create(lockpath, 0, L_PID) != L_SUCCESS)
+		exit(2);
+	t0 = now_s();
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	t = now_s() - t0;
+	mailbox_close(mb);
+	mb = NULL;
+	lockfile_remove(lockpath);
+	r2 = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("lock/dotlock-busy", r == MB_TEMP && t >= 0.9 && t < 3 &&
+	    r2 == MB_OK && access(lockpath, F_OK) < 0, "r %d after %.2f s, "
+	    "then %d", r, t, r2);
+
+	/* the fcntl lock held by another process; the dotlock free */
+	if (pipe(p) < 0)
+		exit(2);
+	if ((pid = fork()) == 0) {
+		struct flock fl;
+		int fd = open(mbpath, O_RDWR);
+
+		memset(&fl, 0, sizeof(fl));
+		fl.l_type = F_WRLCK;
+		if (fd < 0 || fcntl(fd, F_SETLK, &fl) < 0)
+			_exit(1);
+		close(p[0]);
+		if (write(p[1], "L", 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	close(p[1]);
+	if (read(p[0], &c, 1) != 1)
+		exit(2);
+	mailbox_close(mb);
+	mb = NULL;
+	t0 = now_s();
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	t = now_s() - t0;
+	mailbox_close(mb);
+	mb = NULL;
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	close(p[0]);
+	r2 = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("lock/fcntl-busy", r == MB_TEMP && t >= 0.9 && t < 3 &&
+	    r2 == MB_OK && access(lockpath, F_OK) < 0,
+	    "r %d after %.2f s, then %d", r, t, r2);
+
+	/* UPDATE while the dotlock is busy: SYS/TEMP, nothing written */
+	if (r2 == MB_OK) {
+		struct buf f;
+
+		mailbox_delete(mb, 1);
+		lockfile_create(lockpath, 0, L_PID);
+		r = mailbox_update(mb);
+		lockfile_remove(lockpath);
+		f = read_file(mbpath);
+		result("lock/update-busy", r == MB_TEMP &&
+		    f.len == strlen(UP_M1), "r %d", r);
+		buf_free(&f);
+	}
+	mailbox_close(mb);
+}
+
+/* ---- open checks ---------------------------------------------------------- */
+
+static void
+test_open_checks(void)
+{
+	struct mailbox *mb = NULL;
+	char other[160];
+	int r;
+
+	snprintf(other, sizeof(other), "%s/other", dir);
+	write_file(other, S(UP_M1));
+
+	unlink(mbpath);
+	if (symlink(other, mbpath) < 0)
+		exit(2);
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("open/symlink", r == MB_PERM && mb == NULL, "r %d", r);
+	unlink(mbpath);
+
+	if (link(other, mbpath) < 0)
+		exit(2);
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("open/hard-link", r == MB_PERM, "r %d", r);
+	unlink(mbpath);
+
+	write_file(mbpath, S(UP_M1));
+	r = mailbox_open(&mb, mbpath, getuid() + 1, UIDL_DIGEST, 1);
+	result("open/wrong-owner", r == MB_PERM, "r %d", r);
+	unlink(mbpath);
+
+	if (mkdir(mbpath, 0700) < 0)
+		exit(2);
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("open/directory", r == MB_PERM, "r %d", r);
+	rmdir(mbpath);
+
+	if (mkfifo(mbpath, 0600) < 0)
+		exit(2);
+	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	result("open/fifo", r == MB_PERM, "r %d", r);
+	unlink(mbpath);
+	unlink(other);
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+static void
+cleanup(void)
+{
+	char cmd[200];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+int
+main(void)
+{
+	size_t i;
+
+	log_init(getenv("UNIT_DEBUG") != NULL);
+	signal(SIGPIPE, SIG_IGN);
+	snprintf(dir, sizeof(dir), "/tmp/pop3d-unit.XXXXXX");
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(mbpath, sizeof(mbpath), "%s/mbox", dir);
+	snprintf(lockpath, sizeof(lockpath), "%s.lock", mbpath);
+
+	for (i = 0; i < sizeof(line_cases) / sizeof(line_cases[0]); i++)
+		test_line(&line_cases[i]);
+	for (i = 0; i < sizeof(fixtures) / sizeof(fixtures[0]); i++)
+		test_fixture(&fixtures[i]);
+	test_missing();
+	test_block_boundaries();
+	test_giant_lines();
+	test_dele_rset();
+	for (i = 0; i < sizeof(top_cases) / sizeof(top_cases[0]); i++)
+		test_top(&top_cases[i]);
+	for (i = 0; i < sizeof(emit_cases) / sizeof(emit_cases[0]); i++)
+		test_emit(&emit_cases[i]);
+	test_uidl_digest();
+	for (i = 0; i < sizeof(uidl_cases) / sizeof(uidl_cases[0]); i++)
+		test_uidl(&uidl_cases[i]);
+	test_uidl_stable();
+	test_change();
+	for (i = 0; i < sizeof(update_cases) / sizeof(update_cases[0]); i++)
+		test_update(&update_cases[i]);
+	test_update_large();
+	test_locks();
+	test_open_checks();
+	test_many();
+
+	cleanup();
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}
