@@ -1,0 +1,128 @@
+/*
+ * mbox.c: libFuzzer target for the mbox side: the input is the maildrop
+ * file.  It scans it, sends every message whole and as TOP, and checks
+ * that the octets sent, once the dot-stuffing is undone, are what LIST
+ * announced; then it deletes the first message, runs UPDATE, scans again
+ * and checks that exactly the other messages remain, with the same sizes.
+ * Built with -DFUZZ_REPLAY it replays the files named on its command line.
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "mailbox.h"
+
+static char dir[] = "/tmp/pop3d-fuzzmb-XXXXXX";
+static char path[PATH_MAX];
+
+/* Octets of the dot-stuffed body in fd with the terminator and the
+ * stuffing removed; -1 when the terminator is missing. */
+static long
+unstuffed_length(int fd)
+{
+	static unsigned char buf[1 << 22];
+	ssize_t n;
+	size_t i, len = 0;
+	int bol = 1;
+
+	if (lseek(fd, 0, SEEK_SET) != 0)
+		abort();
+	n = read(fd, buf, sizeof(buf));
+	if (n == 3 && memcmp(buf, ".\r\n", 3) == 0)
+		return 0;
+	if (n < 5 || memcmp(buf + n - 5, "\r\n.\r\n", 5) != 0)
+		return -1;
+	for (i = 0; i < (size_t)n - 3; i++) {
+		if (!(bol && buf[i] == '.'))
+			len++;
+		bol = buf[i] == '\n';
+	}
+	return (long)len;
+}
+
+/* Sends message n whole and as TOP n 1 into a memfd and checks both. */
+static void
+check_message(struct mailbox *mb, unsigned n)
+{
+	struct out out;
+	int fd = memfd_create("out", 0);
+	long got;
+
+	out_init(&out, fd);
+	if (mailbox_check(mb, n) != MB_OK ||
+	    mailbox_send(mb, n, -1, &out) != MB_OK || out_flush(&out) < 0)
+		abort();
+	got = unstuffed_length(fd);
+	if (got < 0 || (uint64_t)got != mailbox_size(mb, n)) {
+		fprintf(stderr, "message %u: LIST %llu, RETR sent %ld\n", n,
+		    (unsigned long long)mailbox_size(mb, n), got);
+		abort();
+	}
+	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) != 0)
+		abort();
+	out_init(&out, fd);
+	if (mailbox_send(mb, n, 1, &out) != MB_OK || out_flush(&out) < 0)
+		abort();
+	got = unstuffed_length(fd);
+	if (got < 0 || (uint64_t)got > mailbox_size(mb, n))
+		abort();
+	close(fd);
+}
+
+int	LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
+{
+	static uint64_t sizes[4096];
+	char uid[POP3D_UIDL_MAX + 1];
+	struct mailbox *mb;
+	unsigned i, count;
+	int fd;
+
+	if (path[0] == '\0') {
+		if (mkdtemp(dir) == NULL)
+			abort();
+		snprintf(path, sizeof(path), "%s/mbox", dir);
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || (size && write(fd, data, size) != (ssize_t)size))
+		abort();
+	close(fd);
+	if (mailbox_open(&mb, path, getuid(), UIDL_DIGEST, 1) != MB_OK)
+		return 0;
+	count = mailbox_count(mb);
+	for (i = 1; i <= count; i++) {
+		mailbox_uidl(mb, i, uid);
+		if (uid[0] == '\0' || strlen(uid) > POP3D_UIDL_MAX)
+			abort();
+		check_message(mb, i);
+		if (i <= 4096)
+			sizes[i - 1] = mailbox_size(mb, i);
+	}
+	if (count == 0 || count > 4096) {
+		mailbox_close(mb);
+		return 0;
+	}
+	mailbox_delete(mb, 1);
+	if (mailbox_update(mb) != MB_OK)
+		abort();
+	mailbox_close(mb);
+	if (mailbox_open(&mb, path, getuid(), UIDL_DIGEST, 1) != MB_OK ||
+	    mailbox_count(mb) != count - 1)
+		abort();
+	for (i = 1; i < count; i++)
+		if (mailbox_size(mb, i) != sizes[i])
+			abort();
+	mailbox_close(mb);
+	return 0;
+}
+
+#ifdef FUZZ_REPLAY
+#include "replay.h"
+#endif
