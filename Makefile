@@ -30,8 +30,115 @@ UNITOBJS = mailbox.o io.o log.o
 tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
 
+# Replay builds of the fuzz targets: `make check` runs the corpus through
+# them.  The session target links pop3d.c without main() and a fake login.
+FUZZBINS = tests/fuzz_session tests/fuzz_mbox
+tests/pop3d-nomain.o: pop3d.c $(HDRS)
+	$(CC) $(ALLCFLAGS) -DPOP3D_NO_MAIN -c -o $@ pop3d.c
+tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.o $(UNITOBJS)
+	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/session.c \
+		tests/pop3d-nomain.o $(UNITOBJS) $(LIBS)
+tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
+	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
+		$(UNITOBJS) $(LIBS)
+
+# libFuzzer builds (clang), each target run FUZZTIME seconds on its
+# corpus; new inputs land in tests/tmp/fuzz/new-*, crashes in tests/tmp/fuzz.
+FUZZTIME ?= 60
+FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
+	   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+fuzz:
+	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox
+	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
+		pop3d.c mailbox.c io.c log.c $(LIBS)
+	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c mailbox.c io.c \
+		log.c $(LIBS)
+	tests/tmp/fuzz/session -max_total_time=$(FUZZTIME) -timeout=10 \
+		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-session \
+		tests/fuzz/corpus/session
+	tests/tmp/fuzz/mbox -max_total_time=$(FUZZTIME) -timeout=10 \
+		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-mbox \
+		tests/fuzz/corpus/mbox
+
 clean:
-	rm -f pop3d *.o tests/*.o tests/unit tests/fuzz_* 
+	rm -f pop3d *.o tests/*.o tests/unit $(FUZZBINS)
 	rm -rf tests/tmp asan
 
-.PHONY: all clean
+.PHONY: all clean fuzz
+
+# ---- tests, sanitizers, demo, install (see README.md and tests/README) ----
+# `make check` installs missing Debian packages (as root), builds with
+# -Werror and runs tests/run.  SANITIZE=1 builds with ASan+UBSan; a stamp
+# of the flags in tests/tmp forces a rebuild when they change.
+PYTHON	 = /usr/bin/python3
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer \
+	   -fno-sanitize-recover=all
+CHECKFLAGS = -Werror $(if $(filter 1,$(SANITIZE)),$(SANFLAGS))
+STAMP	 = tests/tmp/buildflags
+
+check:
+	@sh tests/deps.sh
+	@mkdir -p tests/tmp; f='$(ALLCFLAGS) $(CHECKFLAGS)'; \
+	if [ "$$(cat $(STAMP) 2>/dev/null)" != "$$f" ]; then \
+		rm -f pop3d $(OBJS) tests/*.o tests/unit $(FUZZBINS); \
+		echo "$$f" > $(STAMP); fi
+	$(MAKE) EXTRA_CFLAGS='$(CHECKFLAGS) $(EXTRA_CFLAGS)' pop3d tests/unit \
+		$(FUZZBINS)
+	SANITIZE=$(SANITIZE) $(PYTHON) tests/run
+
+# The same tests against an ASan+UBSan build in asan/, leaving the normal
+# build alone.
+asan:
+	@sh tests/deps.sh
+	rm -rf asan && mkdir -p asan/tests
+	cp *.c *.h Makefile asan/ && cp tests/unit.c asan/tests/
+	$(MAKE) -C asan EXTRA_CFLAGS='-Werror $(SANFLAGS) $(EXTRA_CFLAGS)' \
+		pop3d tests/unit
+	POP3D=$(CURDIR)/asan/pop3d UNIT=$(CURDIR)/asan/tests/unit SANITIZE=1 \
+		$(PYTHON) tests/run
+
+# Serves the seed's mailbox on 127.0.0.1:1110 until interrupted.
+demo:
+	@sh tests/deps.sh
+	$(MAKE) pop3d
+	sh tests/demo.sh
+
+install: pop3d
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(EXDIR)/pam.d \
+		$(DESTDIR)$(EXDIR)/xinetd.d $(DESTDIR)$(EXDIR)/systemd
+	install -m 0755 pop3d $(DESTDIR)$(SBINDIR)/pop3d
+	if [ -f pop3d.8 ]; then install -d $(DESTDIR)$(MANDIR)/man8 && \
+		install -m 0644 pop3d.8 $(DESTDIR)$(MANDIR)/man8/pop3d.8; fi
+	install -m 0644 pam.d/pop3d $(DESTDIR)$(EXDIR)/pam.d/pop3d
+	for f in xinetd.d/pop3d systemd/pop3d.socket systemd/pop3d@.service; do \
+		sed 's|/usr/local/sbin|$(SBINDIR)|g' $$f > $(DESTDIR)$(EXDIR)/$$f && \
+		chmod 0644 $(DESTDIR)$(EXDIR)/$$f || exit 1; done
+	@# /etc is never overwritten; the PAM file is needed for PAM logins.
+	@if [ -e $(DESTDIR)/etc/pam.d/pop3d ]; then \
+		echo "kept the existing $(DESTDIR)/etc/pam.d/pop3d"; \
+	else install -d $(DESTDIR)/etc/pam.d && \
+		install -m 0644 pam.d/pop3d $(DESTDIR)/etc/pam.d/pop3d; fi
+	@# The pre-auth user and its chroot, only on the real system.
+	@if [ -z "$(DESTDIR)" ]; then \
+		getent passwd pop3d >/dev/null || useradd --system \
+			--no-create-home --home-dir /nonexistent \
+			--shell /usr/sbin/nologin pop3d || exit 1; \
+		install -d -o root -g root -m 0755 /var/lib/pop3d && \
+		install -d -o root -g root -m 0555 /var/lib/pop3d/empty; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/pop3d $(DESTDIR)$(MANDIR)/man8/pop3d.8
+	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d $(DESTDIR)$(EXDIR)/xinetd.d/pop3d \
+		$(DESTDIR)$(EXDIR)/systemd/pop3d.socket \
+		$(DESTDIR)$(EXDIR)/systemd/pop3d@.service
+	-rmdir $(DESTDIR)$(EXDIR)/pam.d $(DESTDIR)$(EXDIR)/xinetd.d \
+		$(DESTDIR)$(EXDIR)/systemd $(DESTDIR)$(EXDIR) \
+		$(DESTDIR)$(PREFIX)/share/doc/pop3d 2>/dev/null
+	@if cmp -s pam.d/pop3d $(DESTDIR)/etc/pam.d/pop3d; then \
+		rm -f $(DESTDIR)/etc/pam.d/pop3d; \
+	elif [ -e $(DESTDIR)/etc/pam.d/pop3d ]; then \
+		echo "kept $(DESTDIR)/etc/pam.d/pop3d: it was changed"; fi
+	@echo "the pop3d user and /var/lib/pop3d/empty are left in place"
+
+.PHONY: check asan demo install uninstall

@@ -816,6 +816,7 @@ session_start(struct session *s)
 	    (unsigned long long)s->total_bytes);
 	s->done = 0;
 	s->how = NULL;
+	s->bad = 0;		/* the same count in root and user mode */
 	s->state = ST_TRANS;
 	reply_ok(s, "Logged in.");
 	return R_SENT;
@@ -1035,6 +1036,46 @@ run_root(struct session *s)
 	return 0;
 }
 
+/*
+ * Serves one whole session on infd/outfd: root mode with the pre-auth
+ * child when cfg->root, else user mode.  rhost is the peer or NULL.
+ * Returns the exit status.
+ */
+int
+pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
+{
+	struct session *s = xmalloc(sizeof(*s));
+	int status = 0;
+
+	memset(s, 0, sizeof(*s));
+	s->cfg = cfg;
+	s->rhost = rhost;
+	s->priv_fd = -1;
+	s->lock_fd = -1;
+	s->state = ST_AUTH;
+	in_init(&s->in, infd);
+	out_init(&s->out, outfd);
+	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
+	if (cfg->root)
+		status = run_root(s);
+	else {
+		out_str(&s->out, "+OK pop3d ready.\r\n");
+		session_loop(s);
+	}
+	if (status == 0)
+		log_summary(s);
+	out_flush(&s->out);
+	if (s->mb != NULL)
+		mailbox_close(s->mb);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	explicit_bzero(s, sizeof(*s));
+	free(s);
+	return status;
+}
+
+#ifndef POP3D_NO_MAIN
+
 /* --list-uidl USER: prints the unique-id listing of a maildrop. */
 static int
 list_uidl(const struct config *cfg, const char *user)
@@ -1077,45 +1118,6 @@ list_uidl(const struct config *cfg, const char *user)
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 
-/*
- * Serves one whole session on infd/outfd: root mode with the pre-auth
- * child when cfg->root, else user mode.  rhost is the peer or NULL.
- * Returns the exit status.
- */
-int
-pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
-{
-	struct session *s = xmalloc(sizeof(*s));
-	int status = 0;
-
-	memset(s, 0, sizeof(*s));
-	s->cfg = cfg;
-	s->rhost = rhost;
-	s->priv_fd = -1;
-	s->lock_fd = -1;
-	s->state = ST_AUTH;
-	in_init(&s->in, infd);
-	out_init(&s->out, outfd);
-	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
-	if (cfg->root)
-		status = run_root(s);
-	else {
-		out_str(&s->out, "+OK pop3d ready.\r\n");
-		session_loop(s);
-	}
-	if (status == 0)
-		log_summary(s);
-	out_flush(&s->out);
-	if (s->mb != NULL)
-		mailbox_close(s->mb);
-	if (s->lock_fd >= 0)
-		close(s->lock_fd);
-	explicit_bzero(s, sizeof(*s));
-	free(s);
-	return status;
-}
-
-#ifndef POP3D_NO_MAIN
 
 static void __attribute__((noreturn))
 usage(int status)
@@ -1127,7 +1129,7 @@ usage(int status)
 "  --virtual-user USER    system user that virtual users run as (root mode)\n"
 "  --pam-service NAME     PAM service name (default %s)\n"
 "  --state-dir DIR        where session locks live (default %s as root)\n"
-"  --idle-timeout SECONDS autologout after login (default %d, at least 600)\n"
+"  --idle-timeout SECONDS autologout after login (default %d; RFC 1939: >= 600)\n"
 "  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
 "  --fail-delay MS        delay after a failed login (default %d)\n"
 "  --uidl MODE            digest, x-uidl or x-uid (default digest)\n"
