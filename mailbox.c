@@ -48,6 +48,9 @@ struct mailbox {
 	int		 locked;
 	int		 lock_timeout;
 	enum uidl_mode	 mode;
+	unsigned	 max_messages;	/* scan no further */
+	uint64_t	 max_bytes;	/* 0: no limit (not enforced yet) */
+	int		 journal_fd;	/* UPDATE journal, or -1 (unused yet) */
 	char		*path;
 	char		*lockpath;
 	dev_t		 dev;
@@ -479,7 +482,7 @@ scan_finish(struct scan *sc, off_t end)
 		sc->xuidl = NULL;
 		return 0;
 	}
-	if (mb->count == MBOX_MAX_MESSAGES) {
+	if (mb->count == mb->max_messages) {
 		logmsg(LOG_ERR, "%s: more than %u messages", mb->path,
 		    MBOX_MAX_MESSAGES);
 		sc->error = MB_PERM;
@@ -1128,8 +1131,8 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 }
 
 int
-mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
-    enum uidl_mode mode, int lock_timeout)
+mailbox_open(struct mailbox **mbp, const char *path,
+    const struct mailbox_opts *o)
 {
 	struct mailbox *mb = xmalloc(sizeof(*mb));
 	struct stat st;
@@ -1139,8 +1142,11 @@ mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
 
 	*mbp = NULL;
 	memset(mb, 0, sizeof(*mb));
-	mb->mode = mode;
-	mb->lock_timeout = lock_timeout;
+	mb->mode = o->mode;
+	mb->lock_timeout = o->lock_timeout;
+	mb->max_messages = o->max_messages ? o->max_messages : MBOX_MAX_MESSAGES;
+	mb->max_bytes = o->max_bytes;
+	mb->journal_fd = o->journal_fd;
 	mb->path = xstrdup(path);
 	mb->lockpath = xmalloc(len + sizeof(".lock"));
 	memcpy(mb->lockpath, path, len);
@@ -1162,10 +1168,10 @@ mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
 	if (fstat(mb->fd, &st) < 0) {
 		logmsg(LOG_ERR, "%s: fstat: %s", path, strerror(errno));
 		r = MB_TEMP;
-	} else if (!mailbox_stat_ok(mb, &st, owner))
+	} else if (!mailbox_stat_ok(mb, &st, o->owner))
 		r = MB_PERM;
 	else
-		r = mailbox_load(mb, owner);
+		r = mailbox_load(mb, o->owner);
 	if (r != MB_OK) {
 		mailbox_close(mb);
 		return r;

@@ -21,15 +21,24 @@ enum {
 	MB_CLIENT = -4		/* the client went away during output */
 };
 
+/* How to open a maildrop. */
+struct mailbox_opts {
+	uid_t		 owner;		/* the file must belong to this uid */
+	enum uidl_mode	 mode;
+	int		 lock_timeout;	/* seconds, total, for both locks */
+	unsigned	 max_messages;	/* 0: POP3D_MAX_MESSAGES */
+	uint64_t	 max_bytes;	/* 0: no limit */
+	int		 journal_fd;	/* UPDATE journal, or -1 */
+};
+
 /*
  * Opens, checks, locks, scans and unlocks the maildrop at path.  The file
- * must be a regular file owned by owner with one link, opened without
+ * must be a regular file owned by o->owner with one link, opened without
  * following symlinks; a missing or empty file is an empty maildrop.
- * lock_timeout is the bounded total wait for the fcntl and dot locks.
  * Returns MB_OK with *mbp set, or MB_PERM / MB_TEMP.
  */
-int	mailbox_open(struct mailbox **mbp, const char *path, uid_t owner,
-	    enum uidl_mode mode, int lock_timeout);
+int	mailbox_open(struct mailbox **mbp, const char *path,
+	    const struct mailbox_opts *o);
 void	mailbox_close(struct mailbox *);
 
 /* Messages in the maildrop as scanned, deleted ones included (1..count). */

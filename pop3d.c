@@ -92,6 +92,7 @@ struct session {
 	struct mailbox		*mb;
 	uint64_t		 total_bytes;	/* at login, for the log */
 	int			 lock_fd;
+	int			 journal_fd;
 	unsigned		 retr_n, del_n;
 	uint64_t		 retr_bytes, del_bytes;
 };
@@ -710,20 +711,24 @@ drop_privileges(const struct account *acct)
 	return 0;
 }
 
-/* The session-lock directory: made if missing, and it must be ours. */
+/*
+ * The state directory (session locks, UPDATE journals): --state-dir, else
+ * POP3D_STATE_DIR as root, else ~/.pop3d (/tmp/pop3d-UID without a home).
+ * Made if missing; it must be ours and closed to others.
+ */
 static int
 state_dir(const struct config *cfg, char *buf, size_t size)
 {
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	const char *home = getenv("HOME");
 	struct stat st;
 	int n;
 
 	if (cfg->state_dir != NULL)
 		n = snprintf(buf, size, "%s", cfg->state_dir);
 	else if (cfg->root)
-		n = snprintf(buf, size, "%s", POP3D_RUN_DIR);
-	else if (xdg != NULL && xdg[0] == '/')
-		n = snprintf(buf, size, "%s/pop3d", xdg);
+		n = snprintf(buf, size, "%s", POP3D_STATE_DIR);
+	else if (home != NULL && home[0] == '/')
+		n = snprintf(buf, size, "%s/.pop3d", home);
 	else
 		n = snprintf(buf, size, "/tmp/pop3d-%lu",
 		    (unsigned long)geteuid());
@@ -741,9 +746,28 @@ state_dir(const struct config *cfg, char *buf, size_t size)
 	return 0;
 }
 
+/* Opens (creating) a private file of ours: no link followed, regular,
+ * owned by us.  Returns the fd or -1. */
+static int
+open_private(const char *path)
+{
+	struct stat st;
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    st.st_uid == geteuid() && st.st_nlink == 1)
+		return fd;
+	logmsg(LOG_ERR, "%s: unsafe or unusable", path);
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
 /*
- * Takes the one-session-per-maildrop lock: flock on a file named after
- * the digest of the maildrop path, which it also holds for admins.
+ * Takes the one-session-per-maildrop lock (flock on NAME.lock, which also
+ * holds the maildrop path for admins) and opens the UPDATE journal
+ * NAME.journal, where NAME is the digest of the maildrop path.  Both are
+ * opened before the privilege drop and kept as fds.
  * Returns R_SENT, R_INUSE or R_SYSTEMP.
  */
 static int
@@ -754,7 +778,6 @@ session_lock(struct session *s)
 	unsigned char d[MD5_DIGEST_LENGTH];
 	char name[2 * MD5_DIGEST_LENGTH + 1];
 	const char *mbox = s->acct.mailbox;
-	struct stat st;
 	MD5_CTX ctx;
 	size_t i;
 	int fd;
@@ -770,14 +793,8 @@ session_lock(struct session *s)
 	}
 	name[2 * sizeof(d)] = '\0';
 	snprintf(path, sizeof(path), "%s/%s.lock", dir, name);
-	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-	    st.st_uid != geteuid()) {
-		logmsg(LOG_ERR, "session lock %s: unsafe or unusable", path);
-		if (fd >= 0)
-			close(fd);
+	if ((fd = open_private(path)) < 0)
 		return R_SYSTEMP;
-	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		close(fd);
 		return errno == EWOULDBLOCK ? R_INUSE : R_SYSTEMP;
@@ -785,7 +802,23 @@ session_lock(struct session *s)
 	if (ftruncate(fd, 0) == 0)
 		(void)write_full(fd, mbox, strlen(mbox));
 	s->lock_fd = fd;
+	snprintf(path, sizeof(path), "%s/%s.journal", dir, name);
+	if ((s->journal_fd = open_private(path)) < 0)
+		return R_SYSTEMP;
 	return R_SENT;
+}
+
+/* The mailbox options from the configuration. */
+static const struct mailbox_opts *
+mailbox_opts(const struct config *cfg, uid_t owner, int journal_fd)
+{
+	static struct mailbox_opts o;
+
+	o.owner = owner;
+	o.mode = cfg->uidl_mode;
+	o.lock_timeout = cfg->lock_timeout;
+	o.journal_fd = journal_fd;
+	return &o;
 }
 
 /*
@@ -806,8 +839,8 @@ session_start(struct session *s)
 		return r;
 	if (s->cfg->root && drop_privileges(&s->acct) < 0)
 		return R_SYSTEMP;
-	r = mailbox_open(&s->mb, s->acct.mailbox, owner, s->cfg->uidl_mode,
-	    s->cfg->lock_timeout);
+	r = mailbox_open(&s->mb, s->acct.mailbox,
+	    mailbox_opts(s->cfg, owner, s->journal_fd));
 	if (r != MB_OK)
 		return r == MB_TEMP ? R_LOCKED : R_PERM;
 	mailbox_stat(s->mb, &n, &s->total_bytes);
@@ -1052,6 +1085,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->rhost = rhost;
 	s->priv_fd = -1;
 	s->lock_fd = -1;
+	s->journal_fd = -1;
 	s->state = ST_AUTH;
 	in_init(&s->in, infd);
 	out_init(&s->out, outfd);
@@ -1067,6 +1101,8 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	out_flush(&s->out);
 	if (s->mb != NULL)
 		mailbox_close(s->mb);
+	if (s->journal_fd >= 0)
+		close(s->journal_fd);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	explicit_bzero(s, sizeof(*s));
@@ -1104,8 +1140,8 @@ list_uidl(const struct config *cfg, const char *user)
 	}
 	if (cfg->root && drop_privileges(&acct) < 0)
 		return 1;
-	if (mailbox_open(&mb, acct.mailbox, acct.uid, cfg->uidl_mode,
-	    cfg->lock_timeout) != MB_OK) {
+	if (mailbox_open(&mb, acct.mailbox,
+	    mailbox_opts(cfg, acct.uid, -1)) != MB_OK) {
 		fprintf(stderr, "pop3d: %s: cannot open mailbox\n",
 		    acct.mailbox);
 		return 1;
@@ -1128,7 +1164,7 @@ usage(int status)
 "  --passwd-file FILE     virtual users: lines user:crypt-hash[:mailbox]\n"
 "  --virtual-user USER    system user that virtual users run as (root mode)\n"
 "  --pam-service NAME     PAM service name (default %s)\n"
-"  --state-dir DIR        where session locks live (default %s as root)\n"
+"  --state-dir DIR        session locks and journals (default %s as root)\n"
 "  --idle-timeout SECONDS autologout after login (default %d; RFC 1939: >= 600)\n"
 "  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
 "  --fail-delay MS        delay after a failed login (default %d)\n"
@@ -1137,7 +1173,7 @@ usage(int status)
 "  -d, --debug            log to stderr instead of syslog\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n",
-	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_RUN_DIR,
+	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_STATE_DIR,
 	    POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT, POP3D_FAIL_DELAY_MS);
 	exit(status);
 }

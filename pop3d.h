@@ -65,8 +65,9 @@
 #define POP3D_USER		"pop3d"
 /* Empty directory the pre-authentication child is chrooted to. */
 #define POP3D_EMPTY_DIR		"/var/lib/pop3d/empty"
-/* Where root mode keeps its per-maildrop session locks. */
-#define POP3D_RUN_DIR		"/run/pop3d"
+/* Where root mode keeps the per-maildrop session locks and UPDATE
+ * journals: on disk, since a journal must outlive a power cut. */
+#define POP3D_STATE_DIR		"/var/lib/pop3d/state"
 
 enum uidl_mode {
 	UIDL_DIGEST,	/* digest of the delivery headers (default) */

@@ -27,6 +27,20 @@
 #include "io.h"
 #include "mailbox.h"
 
+/* Options for mailbox_open: no journal, default limits. */
+static const struct mailbox_opts *
+opts(uid_t owner, enum uidl_mode mode, int lock_timeout)
+{
+	static struct mailbox_opts o;
+
+	memset(&o, 0, sizeof(o));
+	o.owner = owner;
+	o.mode = mode;
+	o.lock_timeout = lock_timeout;
+	o.journal_fd = -1;
+	return &o;
+}
+
 static int failed, passed;
 static char dir[64];
 static char mbpath[128];
@@ -140,7 +154,7 @@ static int
 open_mb(struct mailbox **mb, const void *data, size_t len, enum uidl_mode m)
 {
 	write_file(mbpath, data, len);
-	return mailbox_open(mb, mbpath, getuid(), m, 5);
+	return mailbox_open(mb, mbpath, opts(getuid(), m, 5));
 }
 
 /* What mailbox_send wrote (through a real struct out on a temp file). */
@@ -449,7 +463,7 @@ test_missing(void)
 	int r;
 
 	unlink(mbpath);
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 5));
 	if (r == MB_OK)
 		r = mailbox_update(mb);
 	result("mbox/missing", r == MB_OK && mb != NULL &&
@@ -553,7 +567,7 @@ test_many(void)
 	if (f == NULL || fclose(f) != 0)
 		exit(2);
 	t0 = clock();
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 5));
 	getrusage(RUSAGE_SELF, &ru);
 	if (r == MB_OK)
 		mailbox_stat(mb, &n, &octets);
@@ -868,7 +882,7 @@ test_uidl_stable(void)
 		mb = NULL;
 	}
 	if (r == MB_OK)
-		r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 5);
+		r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 5));
 	if (r == MB_OK && mailbox_count(mb) == 2) {
 		mailbox_uidl(mb, 1, b[0]);
 		mailbox_uidl(mb, 2, b[1]);
@@ -1101,12 +1115,12 @@ test_locks(void)
 	if (lockfile_create(lockpath, 0, L_PID) != L_SUCCESS)
 		exit(2);
 	t0 = now_s();
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	t = now_s() - t0;
 	mailbox_close(mb);
 	mb = NULL;
 	lockfile_remove(lockpath);
-	r2 = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r2 = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("lock/dotlock-busy", r == MB_TEMP && t >= 0.9 && t < 3 &&
 	    r2 == MB_OK && access(lockpath, F_OK) < 0, "r %d after %.2f s, "
 	    "then %d", r, t, r2);
@@ -1134,14 +1148,14 @@ test_locks(void)
 	mailbox_close(mb);
 	mb = NULL;
 	t0 = now_s();
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	t = now_s() - t0;
 	mailbox_close(mb);
 	mb = NULL;
 	kill(pid, SIGTERM);
 	waitpid(pid, NULL, 0);
 	close(p[0]);
-	r2 = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r2 = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("lock/fcntl-busy", r == MB_TEMP && t >= 0.9 && t < 3 &&
 	    r2 == MB_OK && access(lockpath, F_OK) < 0,
 	    "r %d after %.2f s, then %d", r, t, r2);
@@ -1177,30 +1191,30 @@ test_open_checks(void)
 	unlink(mbpath);
 	if (symlink(other, mbpath) < 0)
 		exit(2);
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("open/symlink", r == MB_PERM && mb == NULL, "r %d", r);
 	unlink(mbpath);
 
 	if (link(other, mbpath) < 0)
 		exit(2);
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("open/hard-link", r == MB_PERM, "r %d", r);
 	unlink(mbpath);
 
 	write_file(mbpath, S(UP_M1));
-	r = mailbox_open(&mb, mbpath, getuid() + 1, UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid() + 1, UIDL_DIGEST, 1));
 	result("open/wrong-owner", r == MB_PERM, "r %d", r);
 	unlink(mbpath);
 
 	if (mkdir(mbpath, 0700) < 0)
 		exit(2);
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("open/directory", r == MB_PERM, "r %d", r);
 	rmdir(mbpath);
 
 	if (mkfifo(mbpath, 0600) < 0)
 		exit(2);
-	r = mailbox_open(&mb, mbpath, getuid(), UIDL_DIGEST, 1);
+	r = mailbox_open(&mb, mbpath, opts(getuid(), UIDL_DIGEST, 1));
 	result("open/fifo", r == MB_PERM, "r %d", r);
 	unlink(mbpath);
 	unlink(other);

@@ -81,6 +81,8 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
 	static uint64_t sizes[4096];
 	char uid[POP3D_UIDL_MAX + 1];
+	struct mailbox_opts o = { .owner = getuid(), .mode = UIDL_DIGEST,
+	    .lock_timeout = 1, .journal_fd = -1 };
 	struct mailbox *mb;
 	unsigned i, count;
 	int fd;
@@ -94,7 +96,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	if (fd < 0 || (size && write(fd, data, size) != (ssize_t)size))
 		abort();
 	close(fd);
-	if (mailbox_open(&mb, path, getuid(), UIDL_DIGEST, 1) != MB_OK)
+	if (mailbox_open(&mb, path, &o) != MB_OK)
 		return 0;
 	count = mailbox_count(mb);
 	for (i = 1; i <= count; i++) {
@@ -113,7 +115,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	if (mailbox_update(mb) != MB_OK)
 		abort();
 	mailbox_close(mb);
-	if (mailbox_open(&mb, path, getuid(), UIDL_DIGEST, 1) != MB_OK ||
+	if (mailbox_open(&mb, path, &o) != MB_OK ||
 	    mailbox_count(mb) != count - 1)
 		abort();
 	for (i = 1; i < count; i++)
