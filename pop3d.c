@@ -1021,6 +1021,25 @@ log_summary(const struct session *s)
 	    s->how ? s->how : "disconnect");
 }
 
+/* How a session can end, for the log; the pre-auth child reports it to
+ * the parent as its exit status (an index into this table). */
+static const char *const end_names[] = {
+	"aborted", "quit", "timeout", "disconnect", "auth failures",
+	"bad commands"
+};
+#define NENDS	(int)(sizeof(end_names) / sizeof(end_names[0]))
+
+static int
+end_code(const char *how)
+{
+	int i;
+
+	for (i = 1; how != NULL && i < NENDS; i++)
+		if (strcmp(how, end_names[i]) == 0)
+			return i;
+	return 0;
+}
+
 /* Root mode: forks the pre-auth child and serves the session after it. */
 static int
 run_root(struct session *s)
@@ -1053,7 +1072,7 @@ run_root(struct session *s)
 		s->priv_fd = sv[1];
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
-		_exit(0);
+		_exit(end_code(s->how));
 	}
 	close(sv[1]);
 	ok = parent_auth(s, sv[0]);
@@ -1061,7 +1080,8 @@ run_root(struct session *s)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!ok) {
-		s->how = "auth ended";
+		s->how = WIFEXITED(status) ?
+		    end_names[WEXITSTATUS(status) % NENDS] : "aborted";
 		return 0;
 	}
 	error_reply(s, session_start(s));
