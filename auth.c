@@ -222,6 +222,16 @@ pam_conv_fn(int num, const struct pam_message **msg,
 	return PAM_SUCCESS;
 }
 
+/* PAM's own failure delays (pam_unix, pam_faildelay) would differ by
+ * path; pop3d alone decides the delay, after every kind of failure. */
+static void
+pam_no_delay(int status, unsigned delay, void *data)
+{
+	(void)status;
+	(void)delay;
+	(void)data;
+}
+
 /* The PAM child: authenticates, checks the account, and writes the PAM
  * status and the final PAM_USER to fd.  Never returns. */
 static void __attribute__((noreturn))
@@ -239,6 +249,9 @@ pam_child(const struct config *cfg, const char *user, const char *pass,
 	r = pam_start(cfg->pam_service, user, &conv, &h);
 	if (r == PAM_SUCCESS && rhost != NULL)
 		r = pam_set_item(h, PAM_RHOST, rhost);
+	if (r == PAM_SUCCESS)
+		r = pam_set_item(h, PAM_FAIL_DELAY,
+		    (const void *)(uintptr_t)pam_no_delay);
 	if (r == PAM_SUCCESS)
 		r = pam_authenticate(h, PAM_SILENT | PAM_DISALLOW_NULL_AUTHTOK);
 	if (r == PAM_SUCCESS)

@@ -49,8 +49,8 @@ struct mailbox {
 	int		 lock_timeout;
 	enum uidl_mode	 mode;
 	unsigned	 max_messages;	/* scan no further */
-	uint64_t	 max_bytes;	/* 0: no limit (not enforced yet) */
-	int		 journal_fd;	/* UPDATE journal, or -1 (unused yet) */
+	uint64_t	 max_bytes;	/* octets as STAT counts; 0: none */
+	int		 journal_fd;	/* UPDATE journal, or -1 */
 	char		*path;
 	char		*lockpath;
 	dev_t		 dev;
@@ -328,6 +328,8 @@ struct scan {
 	int		 fixed, received;	/* popa3d's header state */
 	int		 ximap, folder;		/* pseudo-message marks */
 	char		*xuidl;
+	uint64_t	 octets;	/* sizes of the messages filed */
+	int		 capped;	/* stopped at --max-messages/-bytes */
 	unsigned char	 head[MBOX_HEAD_MAX];
 };
 
@@ -482,12 +484,21 @@ scan_finish(struct scan *sc, off_t end)
 		sc->xuidl = NULL;
 		return 0;
 	}
-	if (mb->count == mb->max_messages) {
-		logmsg(LOG_ERR, "%s: more than %u messages", mb->path,
-		    MBOX_MAX_MESSAGES);
-		sc->error = MB_PERM;
+	if (mb->count == mb->max_messages || (mb->max_bytes != 0 &&
+	    (m->size > mb->max_bytes || sc->octets > mb->max_bytes - m->size))) {
+		/* Over a cap: serve the messages before this one and leave
+		 * the rest like mail appended after the scan. */
+		logmsg(LOG_NOTICE, "%s: over the limit of %u messages or %llu "
+		    "octets: serving the first %u (%llu octets), the rest "
+		    "stays for a later session", mb->path, mb->max_messages,
+		    (unsigned long long)mb->max_bytes, mb->count,
+		    (unsigned long long)sc->octets);
+		mb->size = m->from;
+		sc->capped = 1;
+		sc->error = MB_OK;
 		return -1;
 	}
+	sc->octets += m->size;
 	if (mb->count == mb->alloc) {
 		mb->alloc = mb->alloc ? mb->alloc * 2 : 64;
 		mb->msgs = xreallocarray(mb->msgs, mb->alloc, sizeof(*mb->msgs));
@@ -697,7 +708,7 @@ mailbox_scan(struct mailbox *mb)
 			r = sc->error;
 		off += (off_t)want;
 	}
-	if (r == MB_OK && scan_eof(sc) < 0)
+	if (r == MB_OK && !sc->capped && scan_eof(sc) < 0)
 		r = sc->error;
 	free(sc->xuidl);
 	free(sc);
@@ -1097,7 +1108,10 @@ mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
 	return 0;
 }
 
-/* Locks, re-checks, scans, settles and unlocks. */
+static int	journal_recover(struct mailbox *, struct stat *);
+
+/* Locks, re-checks, completes an interrupted UPDATE, scans, settles and
+ * unlocks. */
 static int
 mailbox_load(struct mailbox *mb, uid_t owner)
 {
@@ -1115,6 +1129,8 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 		logmsg(LOG_NOTICE, "%s: replaced while opening", mb->path);
 		r = MB_TEMP;
 	}
+	if (r == MB_OK && mb->journal_fd >= 0)
+		r = journal_recover(mb, &st);	/* an interrupted UPDATE */
 	if (r == MB_OK) {
 		mb->dev = st.st_dev;
 		mb->ino = st.st_ino;
@@ -1394,84 +1410,585 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
 /* ---- UPDATE --------------------------------------------------------- */
 
 /*
- * Overwrites len octets at dst with buf.  Every change UPDATE makes to
- * existing bytes of the file goes through here: the crash-safe version
- * will first journal the octets about to be overwritten.
+ * UPDATE compacts the file in place, and survives being killed at any
+ * point, or a power cut, through a journal in the state directory that
+ * pop3d opened before the privilege drop (mb->journal_fd; the spool
+ * directory may not be writable by the user).
+ *
+ * The plan: the runs of the old file that are kept (the hidden
+ * pseudo-message, each kept message with its From_ line and the separator
+ * after it, mail appended since the scan up to the end of file seen now),
+ * in file order; run i goes to dst[i], the sum of the lengths before it.
+ * src(x) is the old offset of output octet x: src(x) >= x, and the shift
+ * src(x) - x never decreases along the file.
+ *
+ * The journal: a header (the mailbox's device and inode, its old size
+ * "old", the final size, the runs, a digest of the last octets before
+ * old) with an MD5 over it, written and synced before the first mailbox
+ * write; then two record slots used in turn, each record with a sequence
+ * number and an MD5, so that a torn record leaves the other one whole.
+ * A record says "output [0, pos) is on disk", and a data record also
+ * "output [pos, pos + len) is these octets"; the redo point D is then pos
+ * (pos + len).  Without a record, D is the first octet that moves.
+ *
+ * Output goes out in chunks of at most MBOX_UPDATE_CHUNK octets.  Writing
+ * [x, x + c) destroys old octets [x, x + c), and a redo from D reads old
+ * octets from src(D) on.  So a chunk is written straight away while
+ * x + c <= src(D).  Otherwise the mailbox is synced and a record D = x is
+ * written and synced first; and if the chunk still overlaps its own
+ * source (x + c > src(x)), that record carries the chunk.  Deleting the
+ * second half writes no record, deleting half of all messages few;
+ * deleting the oldest small message journals nearly every moved octet.
+ * Before the cut, the mailbox is synced and a record D = final written
+ * (old octets past final are no longer needed), then ftruncate, fsync,
+ * and the journal is cut to 0 and synced: an empty journal is the commit.
+ *
+ * Without a journal fd (the unit tests, --list-uidl, the benchmark's
+ * baseline) the same chunks are written with no record: plain in-place
+ * compaction, which a crash can leave half done.
  */
-static int
-mailbox_overwrite(struct mailbox *mb, off_t dst, const unsigned char *buf,
-    size_t len)
+
+/* Octets of output per write, and the largest data record: few system
+ * calls, and a session process that stays small. */
+#define MBOX_UPDATE_CHUNK	(4U << 20)
+/* Smallest record slot: a recovery that also moves mail delivered after
+ * the crash may need bigger records than the interrupted update did. */
+#define MBOX_SLOT_MIN		(256U << 10)
+/* Alignment of the journal's parts. */
+#define JR_ALIGN		4096
+
+static const char jr_hdr_magic[8] = "pop3dJ1";
+static const char jr_rec_magic[8] = "pop3dR1";
+
+/* The journal header, followed by nruns struct jrun. */
+struct jhdr {
+	char		 magic[8];
+	uint64_t	 dev, ino;
+	uint64_t	 old;		/* the end of file the plan was made for */
+	uint64_t	 final;		/* the size after the update */
+	uint64_t	 nruns;
+	uint64_t	 slotcap;	/* data octets a record slot holds */
+	uint64_t	 tail_len;	/* octets before old under tail */
+	unsigned char	 tail[MD5_DIGEST_LENGTH];
+	unsigned char	 sum[MD5_DIGEST_LENGTH]; /* header (sum 0) + runs */
+};
+
+/* A record, followed by len octets of data. */
+struct jrec {
+	char		 magic[8];
+	unsigned char	 hsum[MD5_DIGEST_LENGTH]; /* its header's sum */
+	uint64_t	 seq;
+	uint64_t	 pos, len;
+	uint64_t	 gen;		/* 0: the header's plan, else this one: */
+	uint64_t	 base;		/*   keep [0, base), then [ext, old) */
+	uint64_t	 ext, old, tail_len;
+	unsigned char	 tail[MD5_DIGEST_LENGTH];
+	unsigned char	 sum[MD5_DIGEST_LENGTH]; /* record (sum 0) + data */
+};
+
+struct jrun {
+	uint64_t	 src, len;
+};
+
+struct plan {
+	struct jrun	*run;
+	uint64_t	*dst;
+	size_t		 n, alloc;
+	uint64_t	 old, final, gen;
+	uint64_t	 tail_len;
+	unsigned char	 tail[MD5_DIGEST_LENGTH];
+};
+
+/* One update, or one recovery. */
+struct upd {
+	struct mailbox	*mb;
+	int		 jfd;		/* -1: no journal */
+	struct plan	 p;
+	unsigned char	 hsum[MD5_DIGEST_LENGTH];
+	off_t		 slot0;		/* offset of record slot 0 */
+	uint64_t	 slotsz, slotcap;
+	uint64_t	 seq;		/* of the last record written */
+	uint64_t	 redo;		/* D */
+	int		 written;	/* a mailbox octet may have changed */
+	int		 dirty;		/* written since the last fsync */
+	unsigned char	*buf;		/* one chunk */
+	unsigned	 records;
+	uint64_t	 journaled;	/* data octets in records */
+};
+
+static uint64_t
+round_up(uint64_t v, uint64_t a)
 {
-	if (write_at(mb->fd, buf, len, dst) < 0) {
-		logmsg(LOG_ERR, "%s: write: %s", mb->path, strerror(errno));
+	return (v + a - 1) / a * a;
+}
+
+static void
+upd_init(struct upd *u, struct mailbox *mb, int jfd)
+{
+	memset(u, 0, sizeof(*u));
+	u->mb = mb;
+	u->jfd = jfd;
+	u->buf = xmalloc(MBOX_UPDATE_CHUNK);
+}
+
+static void
+upd_free(struct upd *u)
+{
+	free(u->p.run);
+	free(u->p.dst);
+	free(u->buf);
+}
+
+/* Appends a kept run, merged with the previous one when adjacent. */
+static void
+plan_add(struct plan *p, uint64_t src, uint64_t len)
+{
+	if (len == 0)
+		return;
+	if (p->n > 0 && p->run[p->n - 1].src + p->run[p->n - 1].len == src) {
+		p->run[p->n - 1].len += len;
+		return;
+	}
+	if (p->n == p->alloc) {
+		p->alloc = p->alloc ? p->alloc * 2 : 16;
+		p->run = xreallocarray(p->run, p->alloc, sizeof(*p->run));
+	}
+	p->run[p->n].src = src;
+	p->run[p->n].len = len;
+	p->n++;
+}
+
+/* Computes dst[] and final.  Returns 0, or -1 if the runs are not in
+ * order within [0, old). */
+static int
+plan_seal(struct plan *p)
+{
+	uint64_t d = 0, end = 0;
+	size_t i;
+
+	free(p->dst);
+	p->dst = xreallocarray(NULL, p->n ? p->n : 1, sizeof(*p->dst));
+	for (i = 0; i < p->n; i++) {
+		if (p->run[i].src < end || p->run[i].len == 0 ||
+		    p->run[i].len > p->old - p->run[i].src ||
+		    p->run[i].src > p->old)
+			return -1;
+		end = p->run[i].src + p->run[i].len;
+		p->dst[i] = d;
+		d += p->run[i].len;
+	}
+	p->final = d;
+	return 0;
+}
+
+/* The run holding output octet x < final. */
+static size_t
+plan_index(const struct plan *p, uint64_t x)
+{
+	size_t lo = 0, hi = p->n;
+
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (p->dst[mid] <= x)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* src(x); old for x >= final. */
+static uint64_t
+plan_src(const struct plan *p, uint64_t x)
+{
+	size_t i;
+
+	if (x >= p->final)
+		return p->old;
+	i = plan_index(p, x);
+	return p->run[i].src + (x - p->dst[i]);
+}
+
+/* The first output octet that moves; final when none does. */
+static uint64_t
+plan_start(const struct plan *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->n; i++)
+		if (p->run[i].src != p->dst[i])
+			return p->dst[i];
+	return p->final;
+}
+
+/* The digest of the octets [old - tail_len, old), which no write of the
+ * plan touches: they tell an uncut file from a cut one. */
+static int
+plan_tail(struct mailbox *mb, const struct plan *p, unsigned char *d)
+{
+	MD5_CTX ctx;
+	ssize_t n;
+
+	n = read_at(mb->fd, mb->buf, p->tail_len, (off_t)(p->old - p->tail_len));
+	if (n < 0 || (uint64_t)n != p->tail_len)
+		return -1;
+	MD5Init(&ctx);
+	MD5Update(&ctx, mb->buf, p->tail_len);
+	MD5Final(d, &ctx);
+	return 0;
+}
+
+static void
+plan_set_tail_len(struct plan *p)
+{
+	uint64_t gone = p->old - p->final;
+
+	p->tail_len = gone < MBOX_TAIL_MAX ? gone : MBOX_TAIL_MAX;
+}
+
+/* Reads output [x, x + c) from the old octets into u->buf. */
+static int
+plan_fill(struct upd *u, uint64_t x, uint64_t c)
+{
+	const struct plan *p = &u->p;
+	size_t i = plan_index(p, x);
+	uint64_t done = 0;
+
+	while (done < c) {
+		uint64_t off = x + done - p->dst[i];
+		uint64_t n = p->run[i].len - off;
+		ssize_t got;
+
+		if (n > c - done)
+			n = c - done;
+		got = read_at(u->mb->fd, u->buf + done, (size_t)n,
+		    (off_t)(p->run[i].src + off));
+		if (got < 0 || (uint64_t)got != n) {
+			logmsg(LOG_ERR, "%s: read: %s", u->mb->path,
+			    got < 0 ? strerror(errno) : "file shrank");
+			return -1;
+		}
+		done += n;
+		i++;
+	}
+	return 0;
+}
+
+/* Overwrites len octets of the mailbox at dst.  Every change UPDATE makes
+ * to existing octets of the file goes through here. */
+static int
+mailbox_overwrite(struct upd *u, uint64_t dst, const unsigned char *buf,
+    uint64_t len)
+{
+	u->written = u->dirty = 1;
+	if (write_at(u->mb->fd, buf, (size_t)len, (off_t)dst) < 0) {
+		logmsg(LOG_ERR, "%s: write: %s", u->mb->path, strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
-/* Moves the region [src, end) down to *dst, block by block, front to
- * back; *dst advances past it.  Needs *dst <= src. */
 static int
-mailbox_move(struct mailbox *mb, off_t src, off_t end, off_t *dst)
+mb_sync(struct upd *u)
 {
-	if (src == *dst) {		/* already in place */
-		*dst = end;
+	if (!u->dirty)
 		return 0;
-	}
-	while (src < end) {
-		size_t len = min_size(POP3D_BLOCK, (uint64_t)(end - src));
-		ssize_t n = read_at(mb->fd, mb->buf, len, src);
-
-		if (n < 0 || (size_t)n != len) {
-			logmsg(LOG_ERR, "%s: read: %s", mb->path,
-			    n < 0 ? strerror(errno) : "file shrank");
-			return -1;
-		}
-		if (mailbox_overwrite(mb, *dst, mb->buf, len) < 0)
-			return -1;
-		src += (off_t)len;
-		*dst += (off_t)len;
+	u->dirty = 0;
+	if (fsync(u->mb->fd) < 0) {
+		logmsg(LOG_ERR, "%s: fsync: %s", u->mb->path, strerror(errno));
+		return -1;
 	}
 	return 0;
+}
+
+static int
+jr_sync(struct upd *u)
+{
+	if (fsync(u->jfd) < 0) {
+		logmsg(LOG_ERR, "%s: journal fsync: %s", u->mb->path,
+		    strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Empties the journal: the commit point, or a plan given up before any
+ * mailbox octet changed. */
+static int
+journal_clear(struct upd *u)
+{
+	if (ftruncate(u->jfd, 0) < 0) {
+		logmsg(LOG_ERR, "%s: journal ftruncate: %s", u->mb->path,
+		    strerror(errno));
+		return -1;
+	}
+	return jr_sync(u);
+}
+
+static void
+jr_sum(const struct jrec *r, const unsigned char *data,
+    unsigned char d[MD5_DIGEST_LENGTH])
+{
+	struct jrec z = *r;
+	MD5_CTX ctx;
+
+	memset(z.sum, 0, sizeof(z.sum));
+	MD5Init(&ctx);
+	MD5Update(&ctx, (const unsigned char *)&z, sizeof(z));
+	MD5Update(&ctx, data, (size_t)r->len);
+	MD5Final(d, &ctx);
+}
+
+/*
+ * Writes and syncs the next record: output [0, pos) is on disk, and
+ * with len > 0 output [pos, pos + len) is u->buf.  The caller synced the
+ * mailbox.  Returns 0 or -1.
+ */
+static int
+jr_write(struct upd *u, uint64_t pos, uint64_t len)
+{
+	struct jrec r;
+	off_t at = u->slot0 + (off_t)(((u->seq + 1) & 1) * u->slotsz);
+
+	memset(&r, 0, sizeof(r));
+	memcpy(r.magic, jr_rec_magic, sizeof(r.magic));
+	memcpy(r.hsum, u->hsum, sizeof(r.hsum));
+	r.seq = u->seq + 1;
+	r.pos = pos;
+	r.len = len;
+	r.gen = u->p.gen;
+	if (r.gen > 0) {
+		r.base = u->p.run[0].len;
+		r.ext = u->p.run[1].src;
+		r.old = u->p.old;
+		r.tail_len = u->p.tail_len;
+		memcpy(r.tail, u->p.tail, sizeof(r.tail));
+	}
+	jr_sum(&r, u->buf, r.sum);
+	if ((len > 0 && write_at(u->jfd, u->buf, (size_t)len,
+	    at + (off_t)sizeof(r)) < 0) ||
+	    write_at(u->jfd, (const unsigned char *)&r, sizeof(r), at) < 0) {
+		logmsg(LOG_ERR, "%s: journal write: %s", u->mb->path,
+		    strerror(errno));
+		return -1;
+	}
+	if (jr_sync(u) < 0)
+		return -1;
+	u->seq++;
+	u->records++;
+	u->journaled += len;
+	return 0;
+}
+
+/* The layout after the header: where the slots are. */
+static void
+jr_layout(struct upd *u)
+{
+	u->slot0 = (off_t)round_up(sizeof(struct jhdr) +
+	    u->p.n * sizeof(struct jrun), JR_ALIGN);
+	u->slotsz = round_up(sizeof(struct jrec) + u->slotcap, JR_ALIGN);
+}
+
+static void
+jr_hdr_sum(const struct jhdr *h, const struct plan *p,
+    unsigned char d[MD5_DIGEST_LENGTH])
+{
+	struct jhdr z = *h;
+	MD5_CTX ctx;
+
+	memset(z.sum, 0, sizeof(z.sum));
+	MD5Init(&ctx);
+	MD5Update(&ctx, (const unsigned char *)&z, sizeof(z));
+	MD5Update(&ctx, (const unsigned char *)p->run, p->n * sizeof(*p->run));
+	MD5Final(d, &ctx);
+}
+
+/*
+ * Writes the header and the runs, reserves both record slots and syncs,
+ * before the first mailbox write.  Returns 0, or -1 with the journal
+ * emptied again (or left alone if it was not empty to begin with).
+ */
+static int
+journal_begin(struct upd *u)
+{
+	struct mailbox *mb = u->mb;
+	struct plan *p = &u->p;
+	struct stat st;
+	struct jhdr h;
+	uint64_t moved = p->final - plan_start(p);
+	int e;
+
+	if (fstat(u->jfd, &st) < 0 || st.st_size != 0) {
+		logmsg(LOG_ERR, "%s: the journal is not empty", mb->path);
+		return -1;
+	}
+	u->slotcap = moved < MBOX_SLOT_MIN ? MBOX_SLOT_MIN :
+	    moved > MBOX_UPDATE_CHUNK ? MBOX_UPDATE_CHUNK : moved;
+	jr_layout(u);
+	if (plan_tail(mb, p, p->tail) < 0) {
+		logmsg(LOG_ERR, "%s: read: %s", mb->path, strerror(errno));
+		return -1;
+	}
+	memset(&h, 0, sizeof(h));
+	memcpy(h.magic, jr_hdr_magic, sizeof(h.magic));
+	h.dev = (uint64_t)mb->dev;
+	h.ino = (uint64_t)mb->ino;
+	h.old = p->old;
+	h.final = p->final;
+	h.nruns = p->n;
+	h.slotcap = u->slotcap;
+	h.tail_len = p->tail_len;
+	memcpy(h.tail, p->tail, sizeof(h.tail));
+	jr_hdr_sum(&h, p, h.sum);
+	memcpy(u->hsum, h.sum, sizeof(u->hsum));
+	if (write_at(u->jfd, (const unsigned char *)p->run,
+	    p->n * sizeof(*p->run), (off_t)sizeof(h)) < 0 ||
+	    write_at(u->jfd, (const unsigned char *)&h, sizeof(h), 0) < 0)
+		e = errno;
+	else
+		e = posix_fallocate(u->jfd, 0, u->slot0 + 2 * (off_t)u->slotsz);
+	if (e != 0) {
+		logmsg(LOG_ERR, "%s: journal write: %s", mb->path, strerror(e));
+		(void)journal_clear(u);
+		return -1;
+	}
+	if (jr_sync(u) < 0) {
+		(void)journal_clear(u);
+		return -1;
+	}
+	return 0;
+}
+
+/* Writes output [x, final) of the plan, with records as the rules at the
+ * top of this section say.  Returns 0 or -1. */
+static int
+plan_run(struct upd *u, uint64_t x)
+{
+	const struct plan *p = &u->p;
+
+	while (x < p->final) {
+		uint64_t sx = plan_src(p, x), c = p->final - x;
+		int data;
+
+		if (sx == x) {			/* a run already in place */
+			size_t i = plan_index(p, x);
+
+			x = p->dst[i] + p->run[i].len;
+			continue;
+		}
+		if (c > MBOX_UPDATE_CHUNK)
+			c = MBOX_UPDATE_CHUNK;
+		if (u->jfd >= 0 && c > u->slotcap)
+			c = u->slotcap;
+		if (plan_fill(u, x, c) < 0)
+			return -1;
+		if (u->jfd >= 0 && x + c > plan_src(p, u->redo)) {
+			data = x + c > sx;
+			if ((u->redo != x || data) &&
+			    (mb_sync(u) < 0 || jr_write(u, x, data ? c : 0) < 0))
+				return -1;
+			u->redo = data ? x + c : x;
+		}
+		if (mailbox_overwrite(u, x, u->buf, c) < 0)
+			return -1;
+		x += c;
+	}
+	return 0;
+}
+
+/* After the last chunk: the record D = final, the cut, the sync. */
+static int
+plan_finish(struct upd *u)
+{
+	struct mailbox *mb = u->mb;
+
+	if (u->jfd >= 0 && (mb_sync(u) < 0 || (u->redo != u->p.final &&
+	    jr_write(u, u->p.final, 0) < 0)))
+		return -1;
+	u->redo = u->p.final;
+	u->written = u->dirty = 1;
+	if (ftruncate(mb->fd, (off_t)u->p.final) < 0) {
+		logmsg(LOG_ERR, "%s: ftruncate: %s", mb->path, strerror(errno));
+		return -1;
+	}
+	return mb_sync(u);
+}
+
+/*
+ * The blank lines that start mail appended since the scan separate it from
+ * the last message scanned; with nothing kept before it they would start
+ * the file, which is then no mbox.  Returns how many octets to leave out.
+ */
+static uint64_t
+tail_skip(struct mailbox *mb, int first, off_t cur)
+{
+	unsigned char b[64];
+	ssize_t n, i;
+
+	if (!first || cur <= mb->size)
+		return 0;
+	n = read_at(mb->fd, b, sizeof(b), mb->size);
+	for (i = 0; i < n && b[i] == '\n'; i++)
+		;
+	return n > 0 ? (uint64_t)i : 0;
 }
 
 /*
  * The write phase of UPDATE, under both locks, with signals blocked by
- * the caller.  Kept regions move toward the start of the file in file
- * order: the hidden pseudo-message, each kept message with its From_
- * line and the separator after it (byte for byte), then whatever was
- * appended since the scan ([mb->size, cur)).  A region never moves up,
- * so copying front to back never overwrites octets not yet copied.  Then
- * the file is cut after the last kept octet and synced.
+ * the caller; cur is the end of file now.  Returns MB_OK or MB_TEMP: the
+ * mailbox unchanged (journal emptied) if the failure came before its
+ * first write, else the journal left for the next session to complete.
  */
 static int
 mailbox_compact(struct mailbox *mb, off_t cur)
 {
-	off_t dst = 0;
+	struct upd u;
+	struct plan *p = &u.p;
 	unsigned i;
+	int r = MB_OK;
 
-	if (mb->pseudo && mailbox_move(mb, 0,
-	    mb->count > 0 ? mb->msgs[0].from : mb->size, &dst) < 0)
-		return -1;
+	upd_init(&u, mb, mb->journal_fd);
+	p->old = (uint64_t)cur;
+	if (mb->pseudo)
+		plan_add(p, 0, (uint64_t)(mb->count > 0 ? mb->msgs[0].from :
+		    mb->size));
 	for (i = 0; i < mb->count; i++) {
 		off_t end = i + 1 < mb->count ? mb->msgs[i + 1].from : mb->size;
 
-		if (mb->msgs[i].flags & MSG_DELETED)
-			continue;
-		if (mailbox_move(mb, mb->msgs[i].from, end, &dst) < 0)
-			return -1;
+		if (!(mb->msgs[i].flags & MSG_DELETED))
+			plan_add(p, (uint64_t)mb->msgs[i].from,
+			    (uint64_t)(end - mb->msgs[i].from));
 	}
-	if (mailbox_move(mb, mb->size, cur, &dst) < 0)
-		return -1;
-	if (ftruncate(mb->fd, dst) < 0) {
-		logmsg(LOG_ERR, "%s: ftruncate: %s", mb->path, strerror(errno));
-		return -1;
+	plan_add(p, (uint64_t)mb->size + tail_skip(mb, p->n == 0, cur),
+	    (uint64_t)(cur - mb->size) - tail_skip(mb, p->n == 0, cur));
+	if (plan_seal(p) < 0)
+		fatalx("UPDATE plan out of order");
+	plan_set_tail_len(p);
+	u.redo = plan_start(p);
+	if (u.redo == p->final)		/* only a cut, which is atomic */
+		u.jfd = -1;
+	if (u.jfd >= 0 && journal_begin(&u) < 0)
+		r = MB_TEMP;
+	else if (plan_run(&u, u.redo) < 0 || plan_finish(&u) < 0) {
+		r = MB_TEMP;
+		if (u.jfd >= 0 && !u.written && journal_clear(&u) == 0)
+			logmsg(LOG_NOTICE, "%s: update failed, mailbox "
+			    "unchanged", mb->path);
+		else if (u.jfd >= 0)
+			logmsg(LOG_NOTICE, "%s: update interrupted; the next "
+			    "session completes it from the journal", mb->path);
+	} else if (u.jfd >= 0) {
+		if (journal_clear(&u) < 0)
+			logmsg(LOG_ERR, "%s: update done but the journal "
+			    "was not emptied", mb->path);
+		logmsg(LOG_INFO, "update: %llu -> %llu octets, %u records, "
+		    "%llu octets journaled", (unsigned long long)p->old,
+		    (unsigned long long)p->final, u.records,
+		    (unsigned long long)u.journaled);
 	}
-	if (fsync(mb->fd) < 0) {
-		logmsg(LOG_ERR, "%s: fsync: %s", mb->path, strerror(errno));
-		return -1;
-	}
-	return 0;
+	upd_free(&u);
+	return r;
 }
 
 int
@@ -1489,10 +2006,230 @@ mailbox_update(struct mailbox *mb)
 	if (r == MB_OK) {
 		sigfillset(&all);
 		sigprocmask(SIG_BLOCK, &all, &old);
-		if (mailbox_compact(mb, cur) < 0)
-			r = MB_TEMP;
+		r = mailbox_compact(mb, cur);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 	}
 	mailbox_unlock(mb);
+	return r;
+}
+
+/* ---- recovery ------------------------------------------------------- */
+
+/* Reads and checks record slot k.  Returns 1 (valid, data in u->buf),
+ * 0 (not a valid record of this journal). */
+static int
+jr_read(struct upd *u, int k, struct jrec *r)
+{
+	off_t at = u->slot0 + (off_t)((uint64_t)k * u->slotsz);
+	unsigned char d[MD5_DIGEST_LENGTH];
+	ssize_t n = read_at(u->jfd, (unsigned char *)r, sizeof(*r), at);
+
+	if (n != (ssize_t)sizeof(*r) ||
+	    memcmp(r->magic, jr_rec_magic, sizeof(r->magic)) != 0 ||
+	    memcmp(r->hsum, u->hsum, sizeof(r->hsum)) != 0 ||
+	    r->len > u->slotcap)
+		return 0;
+	n = read_at(u->jfd, u->buf, (size_t)r->len, at + (off_t)sizeof(*r));
+	if (n < 0 || (uint64_t)n != r->len)
+		return 0;
+	jr_sum(r, u->buf, d);
+	return memcmp(d, r->sum, sizeof(d)) == 0;
+}
+
+/* Makes the plan of generation gen > 0: keep [0, base), then move
+ * [ext, old) down to base. */
+static int
+plan_gen(struct plan *p, uint64_t gen, uint64_t base, uint64_t ext,
+    uint64_t old)
+{
+	p->n = 0;
+	p->gen = gen;
+	p->old = old;
+	if (base > ext || ext >= old)
+		return -1;
+	plan_add(p, 0, base);
+	if (p->n != 1 || ext == base)
+		return -1;
+	plan_add(p, ext, old - ext);
+	return plan_seal(p);
+}
+
+/*
+ * Reads the journal into u: header, plan, the newest valid record.
+ * Returns NULL, or why the journal is not one to carry out.
+ */
+static const char *
+journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
+    struct jrec *rec, int *have)
+{
+	struct plan *p = &u->p;
+	struct jhdr h;
+	struct jrec r[2];
+	int ok[2], k;
+	unsigned char d[MD5_DIGEST_LENGTH];
+
+	*have = 0;
+	if (read_at(u->jfd, (unsigned char *)&h, sizeof(h), 0) !=
+	    (ssize_t)sizeof(h) ||
+	    memcmp(h.magic, jr_hdr_magic, sizeof(h.magic)) != 0 ||
+	    h.nruns == 0 || h.nruns > ((uint64_t)jst->st_size - sizeof(h)) /
+	    sizeof(struct jrun))
+		return "torn header";
+	p->n = p->alloc = (size_t)h.nruns;
+	p->run = xreallocarray(NULL, p->n, sizeof(*p->run));
+	if (read_at(u->jfd, (unsigned char *)p->run, p->n * sizeof(*p->run),
+	    (off_t)sizeof(h)) != (ssize_t)(p->n * sizeof(*p->run)))
+		return "torn header";
+	jr_hdr_sum(&h, p, d);
+	if (memcmp(d, h.sum, sizeof(d)) != 0)
+		return "torn header";
+	p->old = h.old;
+	if (plan_seal(p) < 0 || p->final != h.final || h.final >= h.old ||
+	    h.slotcap == 0 || h.slotcap > MBOX_UPDATE_CHUNK ||
+	    h.tail_len == 0 || h.tail_len > MBOX_TAIL_MAX ||
+	    h.tail_len > h.old - h.final)
+		return "inconsistent header";
+	if (h.dev != (uint64_t)st->st_dev || h.ino != (uint64_t)st->st_ino)
+		return "journal of another file (the mailbox was replaced)";
+	memcpy(u->hsum, h.sum, sizeof(u->hsum));
+	p->tail_len = h.tail_len;
+	memcpy(p->tail, h.tail, sizeof(p->tail));
+	u->slotcap = h.slotcap;
+	jr_layout(u);
+	u->redo = plan_start(p);
+	ok[0] = jr_read(u, 0, &r[0]);
+	ok[1] = jr_read(u, 1, &r[1]);
+	if (!ok[0] && !ok[1])
+		return NULL;
+	k = !ok[0] ? 1 : !ok[1] ? 0 : r[1].seq > r[0].seq;
+	if (!jr_read(u, k, rec))	/* its data into u->buf */
+		return "record vanished";
+	*have = 1;
+	u->seq = rec->seq;
+	if (rec->gen > 0) {
+		if (plan_gen(p, rec->gen, rec->base, rec->ext, rec->old) < 0 ||
+		    rec->tail_len == 0 || rec->tail_len > MBOX_TAIL_MAX ||
+		    rec->tail_len > p->old - p->final)
+			return "inconsistent record";
+		p->tail_len = rec->tail_len;
+		memcpy(p->tail, rec->tail, sizeof(p->tail));
+	}
+	if (rec->pos > p->final || rec->len > p->final - rec->pos)
+		return "inconsistent record";
+	u->redo = rec->pos + rec->len;
+	return NULL;
+}
+
+/*
+ * Completes an interrupted UPDATE, under both locks, before the scan; st
+ * is the mailbox's fstat, refreshed when the file changed.
+ *
+ * - An empty journal: nothing pending.
+ * - A torn header (bad magic or MD5): the header is synced before the
+ *   first mailbox write, so the mailbox was never written; the journal is
+ *   emptied and the mailbox left alone.  A header naming another device
+ *   or inode (the mailbox was replaced since) is emptied too, with an
+ *   error logged: the file it describes is not here any more.
+ * - Otherwise the redo point D comes from the newest valid record (or is
+ *   the first octet that moves).  Mail may have been appended since the
+ *   crash: our locks died with the process.  The tail digest (octets just
+ *   before old, which no write of the plan touches) tells whether the file
+ *   was cut: a file at least old long with the digest intact was not, and
+ *   [old, end) is new mail; a file cut after the record D = final (the
+ *   only time it can be) needs nothing but that record's data, and any
+ *   mail after final is in place.  A file that is neither was rewritten
+ *   by another program after the crash: it is left alone, the journal
+ *   emptied and an error logged.
+ * - The record's data is written again and the plan carried out from D.
+ *   New mail [old, end) then gets a plan of its own, generation g + 1
+ *   (keep [0, final), move [old, end) down to final), switched to by a
+ *   record, so that a crash during the recovery is recovered as well.
+ * Returns MB_OK, or MB_TEMP on an I/O error (the journal stays).
+ */
+static int
+journal_recover(struct mailbox *mb, struct stat *st)
+{
+	struct plan *p;
+	struct stat jst;
+	struct upd u;
+	struct jrec rec;
+	const char *why;
+	unsigned char d[MD5_DIGEST_LENGTH];
+	uint64_t z = (uint64_t)st->st_size, redo0, newmail = 0;
+	int have = 0, cut = 0, r = MB_OK;
+	sigset_t all, old;
+
+	if (fstat(mb->journal_fd, &jst) < 0) {
+		logmsg(LOG_ERR, "%s: journal fstat: %s", mb->path,
+		    strerror(errno));
+		return MB_TEMP;
+	}
+	if (jst.st_size == 0)
+		return MB_OK;
+	upd_init(&u, mb, mb->journal_fd);
+	p = &u.p;
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &old);
+	why = journal_load(&u, &jst, st, &rec, &have);
+	if (why == NULL) {
+		int intact = z >= p->old && plan_tail(mb, p, d) == 0 &&
+		    memcmp(d, p->tail, sizeof(d)) == 0;
+
+		cut = !intact && u.redo == p->final && z >= p->final;
+		if (!intact && !cut)
+			why = "the mailbox was rewritten by another program "
+			    "after the interrupted update; left as it is";
+	}
+	if (why != NULL) {
+		logmsg(strcmp(why, "torn header") == 0 ? LOG_NOTICE : LOG_ERR,
+		    "%s: journal discarded: %s", mb->path, why);
+		if (journal_clear(&u) < 0)
+			r = MB_TEMP;
+		goto done;
+	}
+	redo0 = u.redo;
+	if (have && rec.len > 0 &&
+	    mailbox_overwrite(&u, rec.pos, u.buf, rec.len) < 0)
+		goto fail;
+	if (cut && mb_sync(&u) < 0)
+		goto fail;
+	while (!cut) {
+		uint64_t base = p->final;
+
+		if (plan_run(&u, u.redo) < 0)
+			goto fail;
+		if (z == p->old) {
+			if (plan_finish(&u) < 0)
+				goto fail;
+			break;
+		}
+		newmail += z - p->old;
+		if (mb_sync(&u) < 0 ||
+		    plan_gen(p, p->gen + 1, base, p->old, z) < 0)
+			goto fail;
+		plan_set_tail_len(p);
+		if (plan_tail(mb, p, p->tail) < 0 || jr_write(&u, base, 0) < 0)
+			goto fail;
+		u.redo = base;
+	}
+	if (journal_clear(&u) < 0)
+		goto fail;
+	logmsg(LOG_NOTICE, "%s: completed an interrupted update from the "
+	    "journal: redone from octet %llu, %llu octets now, %llu octets "
+	    "delivered meanwhile kept", mb->path, (unsigned long long)redo0,
+	    (unsigned long long)(cut ? z : p->final),
+	    (unsigned long long)newmail);
+	if (fstat(mb->fd, st) < 0) {
+		logmsg(LOG_ERR, "%s: fstat: %s", mb->path, strerror(errno));
+		r = MB_TEMP;
+	}
+	goto done;
+fail:
+	logmsg(LOG_ERR, "%s: completing the interrupted update failed; the "
+	    "next session tries again", mb->path);
+	r = MB_TEMP;
+done:
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	upd_free(&u);
 	return r;
 }

@@ -26,7 +26,7 @@ struct mailbox_opts {
 	uid_t		 owner;		/* the file must belong to this uid */
 	enum uidl_mode	 mode;
 	int		 lock_timeout;	/* seconds, total, for both locks */
-	unsigned	 max_messages;	/* 0: POP3D_MAX_MESSAGES */
+	unsigned	 max_messages;	/* 0: MBOX_MAX_MESSAGES */
 	uint64_t	 max_bytes;	/* 0: no limit */
 	int		 journal_fd;	/* UPDATE journal, or -1 */
 };

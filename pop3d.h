@@ -49,8 +49,12 @@
 /* Octets of a line kept to classify it (From_ line, header name, the
  * values of X-UIDL/X-UID/X-IMAP/Subject); longer lines still stream. */
 #define MBOX_HEAD_MAX		1024
-/* Most messages one maildrop may hold: about 128 MB of struct msg. */
-#define MBOX_MAX_MESSAGES	(1U << 21)
+/* Default cap on the messages one session serves (--max-messages): 64
+ * octets of struct msg each, so at most about 64 MB (128 MB while the
+ * array doubles); the rest of a bigger maildrop waits for a later session. */
+#define MBOX_MAX_MESSAGES	1000000U
+/* Highest --max-messages: keeps the array under 2 GB. */
+#define MBOX_MAX_MESSAGES_OPT	(1U << 24)
 /* Octets at the end of the scanned file whose digest is kept: appended
  * mail must leave them alone. */
 #define MBOX_TAIL_MAX		4096
@@ -63,6 +67,9 @@
 #define POP3D_PAM_SERVICE	"pop3d"
 /* Unprivileged user for the pre-authentication child. */
 #define POP3D_USER		"pop3d"
+/* Open files of the pre-authentication child: no new descriptor at all
+ * (poll() needs the limit to be at least the number of fds it watches). */
+#define POP3D_CHILD_NOFILE	1
 /* Empty directory the pre-authentication child is chrooted to. */
 #define POP3D_EMPTY_DIR		"/var/lib/pop3d/empty"
 /* Where root mode keeps the per-maildrop session locks and UPDATE
@@ -86,6 +93,8 @@ struct config {
 	int		 fail_delay_ms;
 	int		 debug;
 	int		 root;		/* started as root: privilege separation */
+	unsigned	 max_messages;	/* messages served per session; 0: default */
+	uint64_t	 max_bytes;	/* octets (as STAT counts) served; 0: any */
 	enum uidl_mode	 uidl_mode;
 };
 

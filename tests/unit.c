@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <lockfile.h>
 #include <md5.h>
 #include <signal.h>
@@ -999,7 +1000,7 @@ static const struct update_case update_cases[] = {
 	{ "update/middle", UP_M1 UP_M2 UP_M3, { 2 }, NULL, UP_M1 UP_M3 },
 	{ "update/last", UP_M1 UP_M2 UP_M3, { 3 }, NULL, UP_M1 UP_M2 },
 	{ "update/all", UP_M1 UP_M2 UP_M3, { 1, 2, 3 }, NULL, "" },
-	{ "update/all-appended", UP_M1 UP_M2, { 1, 2 }, "\n" UP_M3, "\n" UP_M3 },
+	{ "update/all-appended", UP_M1 UP_M2, { 1, 2 }, "\n" UP_M3, UP_M3 },
 	{ "update/middle-appended", UP_M1 UP_M2 UP_M3, { 2 }, "\n" UP_M1,
 	    UP_M1 UP_M3 "\n" UP_M1 },
 	{ "update/pseudo-kept", UP_PS UP_M1 UP_M2, { 1, 2 }, NULL, UP_PS },
@@ -1220,7 +1221,550 @@ test_open_checks(void)
 	unlink(other);
 }
 
+/* ---- crash-safe UPDATE: journal and recovery -------------------------- */
+
+/*
+ * The crashes are real: a child (this program re-executed with
+ * --journal-child, tests/faultinject.so preloaded) runs the UPDATE with a
+ * journal and is killed by SIGKILL at the Nth write point (write, fsync,
+ * ftruncate, fallocate) on the mailbox or the journal; the recovery is
+ * then the next mailbox_open with the journal fd.  JOURNAL_SHIM names the
+ * shim (default tests/faultinject.so, relative to the top directory).
+ */
+
+#define J_NEW1	"\nFrom carol@example.org Fri Feb  4 09:00:00 2011\n" \
+	"Subject: new one\n\ndelivered after the crash\n"
+#define J_NEW2	"\nFrom dave@example.org Sat Feb  5 10:00:00 2011\n" \
+	"Subject: new two\n\ndelivered after the second crash\n"
+#define J_TAIL	"\nFrom erin@example.org Sun Feb  6 11:00:00 2011\n" \
+	"Subject: during\n\ndelivered during the session\n"
+#define J_MAXMSG	16
+
+struct jcase {
+	const char	*name;
+	unsigned	 n;		/* messages */
+	uint32_t	 del;		/* bit i-1: delete message i */
+	int		 pseudo;	/* a UW pseudo-message first */
+	int		 tail;		/* J_TAIL appended during the session */
+};
+
+static const struct jcase jcases[] = {
+	{ "oldest", 8, 0x1, 0, 0 },
+	{ "half", 8, 0x55, 0, 1 },
+	{ "all-but-last", 6, 0x1f, 0, 0 },
+	{ "middle-pseudo", 6, 0x4, 1, 0 },
+	{ "all", 5, 0x1f, 0, 1 },
+};
+
+static char jpath[128], jlog[128];
+
+/* Message i (1-based) with its separator; sizes vary from 60 to ~6 KB. */
+static void
+jmsg(struct buf *b, unsigned i, int last)
+{
+	char line[96];
+	unsigned k, lines = (i * 37) % 90 + 1;
+	int n;
+
+	n = snprintf(line, sizeof(line), "%sSubject: message %u\n\n",
+	    i % 2 ? FROM1 : FROM2, i);
+	b->p = realloc(b->p, b->len + (size_t)n + 70 * (lines + 1));
+	if (b->p == NULL)
+		exit(2);
+	memcpy(b->p + b->len, line, (size_t)n);
+	b->len += (size_t)n;
+	for (k = 0; k < lines; k++) {
+		n = snprintf(line, sizeof(line), "line %u of message %u %.*s\n",
+		    k, i, (int)((i + k) % 40), "........................................");
+		memcpy(b->p + b->len, line, (size_t)n);
+		b->len += (size_t)n;
+	}
+	if (!last)
+		b->p[b->len++] = '\n';
+}
+
+static void
+buf_add(struct buf *b, const void *p, size_t len)
+{
+	b->p = realloc(b->p, b->len + len + 1);
+	if (b->p == NULL)
+		exit(2);
+	memcpy(b->p + b->len, p, len);
+	b->len += len;
+}
+
+/* The mailbox before (orig) and after the update (want). */
+static void
+jbuild(const struct jcase *c, struct buf *orig, struct buf *want)
+{
+	unsigned i;
+
+	*orig = (struct buf){ NULL, 0 };
+	*want = (struct buf){ NULL, 0 };
+	if (c->pseudo) {
+		buf_add(orig, S(UP_PS));
+		buf_add(want, S(UP_PS));
+	}
+	for (i = 1; i <= c->n; i++) {
+		struct buf m = { NULL, 0 };
+
+		jmsg(&m, i, i == c->n);
+		buf_add(orig, m.p, m.len);
+		if (!(c->del & (1U << (i - 1))))
+			buf_add(want, m.p, m.len);
+		buf_free(&m);
+	}
+	if (c->tail) {		/* its separator goes when nothing is before */
+		buf_add(orig, S(J_TAIL));
+		if (want->len == 0)
+			buf_add(want, J_TAIL + 1, strlen(J_TAIL) - 1);
+		else
+			buf_add(want, S(J_TAIL));
+	}
+}
+
+static int
+journal_child(int argc, char **argv)
+{
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	uint32_t del;
+	unsigned i;
+	int r;
+
+	if (argc != 6)
+		return 2;
+	snprintf(dir, sizeof(dir), "%s", argv[2]);
+	snprintf(mbpath, sizeof(mbpath), "%s/mbox", dir);
+	snprintf(jpath, sizeof(jpath), "%s/journal", dir);
+	del = (uint32_t)strtoul(argv[4], NULL, 0);
+	o.journal_fd = open(jpath, O_RDWR | O_CLOEXEC);
+	if (o.journal_fd < 0)
+		return 2;
+	r = mailbox_open(&mb, mbpath, &o);
+	if (r != MB_OK)
+		return 20 - r;
+	if (strcmp(argv[3], "update") == 0) {
+		if (atoi(argv[5])) {	/* delivered, not a write point */
+			char *paths = strdup(getenv("FAULT_PATHS"));
+
+			unsetenv("FAULT_PATHS");
+			append_file(mbpath, S(J_TAIL));
+			setenv("FAULT_PATHS", paths, 1);
+			free(paths);
+		}
+		for (i = 0; i < 32; i++)
+			if (del & (1U << i))
+				mailbox_delete(mb, i + 1);
+		r = mailbox_update(mb);
+	}
+	mailbox_close(mb);
+	return r == MB_OK ? 0 : 30 - r;
+}
+
+/* Runs the child; fault: "FAULT_KILL_AT" etc. or NULL.  Returns the wait
+ * status. */
+static int
+jrun(const char *op, const struct jcase *c, const char *fault,
+    unsigned long at, const char *mode)
+{
+	const char *shim = getenv("JOURNAL_SHIM");
+	char delbuf[32], atbuf[32], paths[300], self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	pid_t pid;
+	int st;
+
+	if (n <= 0)
+		exit(2);
+	self[n] = '\0';
+	snprintf(delbuf, sizeof(delbuf), "%u", c->del);
+	snprintf(atbuf, sizeof(atbuf), "%lu", at);
+	snprintf(paths, sizeof(paths), "%s:%s", mbpath, jpath);
+	fflush(stdout);
+	if ((pid = fork()) < 0)
+		exit(2);
+	if (pid == 0) {
+		setenv("LD_PRELOAD", shim ? shim : "tests/faultinject.so", 1);
+		setenv("FAULT_PATHS", paths, 1);
+		setenv("FAULT_LOG", jlog, 1);
+		if (fault != NULL)
+			setenv(fault, atbuf, 1);
+		if (mode != NULL)
+			setenv("FAULT_MODE", mode, 1);
+		execl(self, "unit", "--journal-child", dir, op, delbuf,
+		    c->tail ? "1" : "0", (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &st, 0) < 0)
+		exit(2);
+	return st;
+}
+
+/* Write points in jlog: the count and the first that changes the
+ * mailbox. */
+static unsigned
+jpoints(unsigned *first)
+{
+	FILE *f = fopen(jlog, "r");
+	char line[600], call[32], path[512];
+	unsigned n = 0;
+
+	*first = 0;
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "%*u %31s %511s", call, path) != 2)
+			continue;
+		n++;
+		if (*first == 0 && strcmp(path, mbpath) == 0 &&
+		    strcmp(call, "fsync") != 0 && strcmp(call, "fdatasync") != 0)
+			*first = n;
+	}
+	fclose(f);
+	unlink(jlog);
+	return n;
+}
+
+static void
+jreset(const struct buf *orig)
+{
+	write_file(mbpath, orig->p, orig->len);
+	write_file(jpath, "", 0);
+	unlink(jlog);
+}
+
+static off_t
+jsize(void)
+{
+	struct stat st;
+
+	return stat(jpath, &st) == 0 ? st.st_size : -1;
+}
+
+/* The recovery, in this process: opens with the journal. */
+static int
+jrecover(void)
+{
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	int r;
+
+	o.journal_fd = open(jpath, O_RDWR | O_CLOEXEC);
+	r = mailbox_open(&mb, mbpath, &o);
+	mailbox_close(mb);
+	close(o.journal_fd);
+	return r;
+}
+
+static int
+jequal(const struct buf *a, const void *extra, size_t elen)
+{
+	struct buf f = read_file(mbpath);
+	int ok = f.len == a->len + elen && memcmp(f.p, a->p, a->len) == 0 &&
+	    memcmp(f.p + a->len, extra, elen) == 0;
+
+	buf_free(&f);
+	return ok;
+}
+
+static int
+killed(int st)
+{
+	return WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+}
+
+/*
+ * One case: count the points, then kill at each one, before and after the
+ * call, with mail delivered after every crash; then a full disk at each.
+ */
+static void
+test_journal_case(const struct jcase *c)
+{
+	struct buf orig, want;
+	char name[80], why[200] = "";
+	unsigned n, first, k, kills = 0, dummy;
+	int st, mode;
+
+	jbuild(c, &orig, &want);
+	jreset(&orig);
+	if (c->tail)			/* the child appends it */
+		orig.len -= strlen(J_TAIL);
+	write_file(mbpath, orig.p, orig.len);
+	st = jrun("update", c, NULL, 0, NULL);
+	n = jpoints(&first);
+	snprintf(name, sizeof(name), "journal/%s", c->name);
+	result(name, WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+	    jequal(&want, "", 0) && jsize() == 0 && n > 2 && first > 1,
+	    "status %#x, %u points, first mailbox write %u", st, n, first);
+	if (c->tail)
+		buf_add(&orig, S(J_TAIL));
+	for (mode = 0; mode < 2 && why[0] == '\0'; mode++)
+		for (k = 1; k <= n && why[0] == '\0'; k++) {
+			int r, untouched = mode == 0 ? k <= first : k < first;
+
+			jreset(&orig);
+			if (c->tail)
+				write_file(mbpath, orig.p,
+				    orig.len - strlen(J_TAIL));
+			st = jrun("update", c, "FAULT_KILL_AT", k,
+			    mode ? "after" : "before");
+			jpoints(&dummy);
+			if (!killed(st)) {
+				snprintf(why, sizeof(why), "point %u %s: status "
+				    "%#x", k, mode ? "after" : "before", st);
+				break;
+			}
+			append_file(mbpath, S(J_NEW1));
+			r = jrecover();
+			if (r != MB_OK || jsize() != 0 ||
+			    !(jequal(&want, S(J_NEW1)) ||
+			    (untouched && jequal(&orig, S(J_NEW1)))))
+				snprintf(why, sizeof(why), "killed %s point %u of "
+				    "%u (first mailbox write %u): r %d, journal %lld "
+				    "octets, mailbox wrong", mode ? "after" :
+				    "before", k, n, first, r, (long long)jsize());
+			kills++;
+		}
+	snprintf(name, sizeof(name), "journal/%s-kill", c->name);
+	result(name, why[0] == '\0' && kills == 2 * n, "%s", why);
+	if (getenv("UNIT_DEBUG") != NULL)
+		fprintf(stderr, "%s: %u write points, %u kills\n", c->name, n,
+		    kills);
+
+	/* A full disk (or an I/O error) at each point. */
+	why[0] = '\0';
+	for (k = 1; k <= n && why[0] == '\0'; k++) {
+		int r, ok;
+
+		jreset(&orig);
+		if (c->tail)
+			write_file(mbpath, orig.p, orig.len - strlen(J_TAIL));
+		st = jrun("update", c, k % 2 ? "FAULT_ENOSPC_AT" :
+		    "FAULT_EIO_AT", k, NULL);
+		jpoints(&dummy);
+		if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 &&
+		    WEXITSTATUS(st) != 30 - MB_TEMP)) {
+			snprintf(why, sizeof(why), "point %u: status %#x", k, st);
+			break;
+		}
+		/* MB_OK only once the update is complete; an unchanged
+		 * mailbox has an empty journal. */
+		if (WEXITSTATUS(st) == 0)
+			ok = jequal(&want, "", 0);
+		else
+			ok = jequal(&want, "", 0) || (jequal(&orig, "", 0) &&
+			    jsize() == 0) || jsize() > 0;
+		r = jrecover();
+		if (!ok || r != MB_OK || jsize() != 0 ||
+		    !(jequal(&want, "", 0) || jequal(&orig, "", 0)))
+			snprintf(why, sizeof(why), "error at point %u of %u: "
+			    "status %#x, r %d, journal %lld", k, n, st, r,
+			    (long long)jsize());
+	}
+	snprintf(name, sizeof(name), "journal/%s-enospc", c->name);
+	result(name, why[0] == '\0', "%s", why);
+	buf_free(&orig);
+	buf_free(&want);
+}
+
+/* A crash during the recovery, at each of its points, with more mail
+ * delivered after each crash. */
+static void
+test_journal_double(void)
+{
+	const struct jcase *c = &jcases[0];
+	struct buf orig, want;
+	unsigned n, m, first, k, j, kills = 0;
+	char why[200] = "";
+	int st;
+
+	jbuild(c, &orig, &want);
+	jreset(&orig);
+	jrun("update", c, NULL, 0, NULL);
+	n = jpoints(&first);
+	for (k = first; k <= n && why[0] == '\0'; k++) {
+		for (j = 1; why[0] == '\0'; j++) {
+			jreset(&orig);
+			st = jrun("update", c, "FAULT_KILL_AT", k, "after");
+			jpoints(&first);
+			append_file(mbpath, S(J_NEW1));
+			st = jrun("open", c, "FAULT_KILL_AT", j, "before");
+			m = jpoints(&first);
+			if (!killed(st)) {
+				if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+					snprintf(why, sizeof(why), "recovery "
+					    "status %#x", st);
+				break;	/* recovery ran to its end */
+			}
+			append_file(mbpath, S(J_NEW2));
+			if (jrecover() != MB_OK || jsize() != 0 ||
+			    !jequal(&want, S(J_NEW1 J_NEW2)))
+				snprintf(why, sizeof(why), "update killed at %u, "
+				    "recovery at %u of %u: wrong", k, j, m);
+			kills++;
+		}
+	}
+	result("journal/recovery-kill", why[0] == '\0' && kills > 0, "%s", why);
+	if (getenv("UNIT_DEBUG") != NULL)
+		fprintf(stderr, "recovery kills: %u\n", kills);
+	buf_free(&orig);
+	buf_free(&want);
+}
+
+/* Journals that must not be carried out: torn, another inode, a file
+ * rewritten by another program after the crash. */
+static void
+test_journal_discard(void)
+{
+	const struct jcase *c = &jcases[1];
+	struct buf orig, want, f;
+	unsigned n, first;
+	char junk[300];
+	int r;
+
+	jbuild(c, &orig, &want);
+	jreset(&orig);
+	memset(junk, 'x', sizeof(junk));
+	write_file(jpath, junk, sizeof(junk));
+	r = jrecover();
+	result("journal/torn-header", r == MB_OK && jsize() == 0 &&
+	    jequal(&orig, "", 0), "r %d journal %lld", r, (long long)jsize());
+
+	/* kill after the first mailbox write, then replace the file */
+	jreset(&orig);
+	jrun("update", c, NULL, 0, NULL);
+	n = jpoints(&first);
+	jreset(&orig);
+	jrun("update", c, "FAULT_KILL_AT", first, "after");
+	jpoints(&first);
+	f = read_file(mbpath);
+	{
+		char other[160];
+
+		snprintf(other, sizeof(other), "%s.new", mbpath);
+		write_file(other, f.p, f.len);	/* a new inode */
+		if (rename(other, mbpath) < 0)
+			exit(2);
+	}
+	r = jrecover();
+	result("journal/other-inode", r == MB_OK && jsize() == 0 &&
+	    jequal(&f, "", 0) && n > 0, "r %d journal %lld", r,
+	    (long long)jsize());
+	buf_free(&f);
+
+	/* kill after the first mailbox write, then another program cuts */
+	jreset(&orig);
+	jrun("update", c, "FAULT_KILL_AT", first, "after");
+	jpoints(&first);
+	if (truncate(mbpath, 100) < 0)
+		exit(2);
+	f = read_file(mbpath);
+	r = jrecover();
+	result("journal/rewritten", r == MB_OK && jsize() == 0 &&
+	    jequal(&f, "", 0), "r %d journal %lld", r, (long long)jsize());
+	buf_free(&f);
+	buf_free(&orig);
+	buf_free(&want);
+}
+
+static void
+test_journal(void)
+{
+	size_t i;
+
+	snprintf(jpath, sizeof(jpath), "%s/journal", dir);
+	snprintf(jlog, sizeof(jlog), "%s/faults", dir);
+	for (i = 0; i < sizeof(jcases) / sizeof(jcases[0]); i++)
+		test_journal_case(&jcases[i]);
+	test_journal_double();
+	test_journal_discard();
+}
+
 /* ---- main ------------------------------------------------------------------ */
+
+/* ---- caps: --max-messages and --max-bytes ------------------------------ */
+
+#define CAPBOX	FROM1 "A\n\n" FROM2 "BB\n\n" FROM1 "CCC\n"
+
+struct cap_case {
+	const char	*name;
+	unsigned	 max_messages;
+	uint64_t	 max_bytes;
+	unsigned	 want_n;
+	uint64_t	 want_octets;
+};
+
+/* Sizes as sent: 3, 4 and 5 octets. */
+static const struct cap_case cap_cases[] = {
+	{ "cap/none",		0, 0,	3, 12 },
+	{ "cap/messages-2",	2, 0,	2, 7 },
+	{ "cap/messages-1",	1, 100,	1, 3 },
+	{ "cap/bytes-exact",	0, 7,	2, 7 },
+	{ "cap/bytes-between",	0, 6,	1, 3 },
+	{ "cap/bytes-below-first", 0, 2, 0, 0 },
+	{ "cap/bytes-all",	0, 12,	3, 12 },
+	{ "cap/both",		2, 3,	1, 3 },
+};
+
+static void
+test_cap(const struct cap_case *c)
+{
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	uint64_t octets = 0;
+	unsigned n = 0;
+	int r;
+
+	o.max_messages = c->max_messages;
+	o.max_bytes = c->max_bytes;
+	write_file(mbpath, S(CAPBOX));
+	r = mailbox_open(&mb, mbpath, &o);
+	if (r == MB_OK)
+		mailbox_stat(mb, &n, &octets);
+	result(c->name, r == MB_OK && n == c->want_n &&
+	    octets == c->want_octets && mailbox_count(mb) == c->want_n,
+	    "r %d n %u octets %llu", r, n, (unsigned long long)octets);
+	mailbox_close(mb);
+}
+
+/* The messages over a cap are kept by UPDATE like mail appended after the
+ * scan, and the next session serves them. */
+static void
+test_cap_update(void)
+{
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	struct buf b = { NULL, 0 };
+	uint64_t octets = 0;
+	unsigned n = 0;
+	int r, ok;
+
+	o.max_messages = 2;
+	write_file(mbpath, S(CAPBOX));
+	r = mailbox_open(&mb, mbpath, &o);
+	if (r == MB_OK) {
+		mailbox_delete(mb, 1);
+		r = mailbox_update(mb);
+	}
+	mailbox_close(mb);
+	mb = NULL;
+	b = read_file(mbpath);
+	ok = r == MB_OK && b.len == sizeof(FROM2 "BB\n\n" FROM1 "CCC\n") - 1 &&
+	    memcmp(b.p, FROM2 "BB\n\n" FROM1 "CCC\n", b.len) == 0;
+	result("cap/update-keeps-rest", ok, "r %d, file %zu octets", r, b.len);
+	buf_free(&b);
+	r = mailbox_open(&mb, mbpath, &o);
+	if (r == MB_OK)
+		mailbox_stat(mb, &n, &octets);
+	ok = r == MB_OK && n == 2 && octets == 9;
+	if (ok && (ok = capture(mb, 2, -1, &b) == MB_OK))
+		ok = b.len == sizeof("CCC\r\n.\r\n") - 1 &&
+		    memcmp(b.p, "CCC\r\n.\r\n", b.len) == 0;
+	result("cap/next-session-sees-rest", ok, "r %d n %u octets %llu", r, n,
+	    (unsigned long long)octets);
+	buf_free(&b);
+	mailbox_close(mb);
+}
 
 static void
 cleanup(void)
@@ -1233,12 +1777,14 @@ cleanup(void)
 }
 
 int
-main(void)
+main(int argc, char **argv)
 {
 	size_t i;
 
 	log_init(getenv("UNIT_DEBUG") != NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (argc > 1 && strcmp(argv[1], "--journal-child") == 0)
+		return journal_child(argc, argv);
 	snprintf(dir, sizeof(dir), "/tmp/pop3d-unit.XXXXXX");
 	if (mkdtemp(dir) == NULL) {
 		perror("mkdtemp");
@@ -1270,6 +1816,10 @@ main(void)
 	test_locks();
 	test_open_checks();
 	test_many();
+	test_journal();
+	for (i = 0; i < sizeof(cap_cases) / sizeof(cap_cases[0]); i++)
+		test_cap(&cap_cases[i]);
+	test_cap_update();
 
 	cleanup();
 	printf("%d passed, %d failed\n", passed, failed);
