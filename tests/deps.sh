@@ -4,7 +4,7 @@
 # .ci/run.  Does nothing unless run as root; never upgrades anything.
 set -eu
 
-PKGS="gcc make libc6-dev libpam0g-dev libpam-modules libpam-runtime \
+PKGS="gcc make procmail libc6-dev libpam0g-dev libpam-modules libpam-runtime \
 libcrypt-dev liblockfile-dev liblockfile-bin libmd-dev libpam-wrapper \
 socat python3 curl passwd login util-linux xinetd \
 fetchmail mpop getmail6 mandoc systemd dpkg libevent-2.1-7 libbsd0 libwrap0 \
