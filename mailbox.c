@@ -982,7 +982,7 @@ mailbox_lock(struct mailbox *mb)
 		if (ms_since(&t0) >= limit) {
 			logmsg(LOG_NOTICE, "%s: still locked after %d s",
 			    mb->path, mb->lock_timeout);
-			return MB_TEMP;
+			return MB_LOCKED;
 		}
 		sleep_ms(POP3D_LOCK_BACKOFF_MIN + (long)arc4random_uniform(
 		    POP3D_LOCK_BACKOFF_MAX - POP3D_LOCK_BACKOFF_MIN + 1));
@@ -1448,12 +1448,6 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
  * compaction, which a crash can leave half done.
  */
 
-/* Octets of output per write, and the largest data record: few system
- * calls, and a session process that stays small. */
-#define MBOX_UPDATE_CHUNK	(4U << 20)
-/* Smallest record slot: a recovery that also moves mail delivered after
- * the crash may need bigger records than the interrupted update did. */
-#define MBOX_SLOT_MIN		(256U << 10)
 /* Alignment of the journal's parts. */
 #define JR_ALIGN		4096
 

@@ -16,9 +16,10 @@ struct mailbox;		/* opaque */
 enum {
 	MB_OK = 0,
 	MB_PERM = -1,		/* unreadable, unsafe or malformed: [SYS/PERM] */
-	MB_TEMP = -2,		/* lock timeout, full disk, I/O: [SYS/TEMP] */
+	MB_TEMP = -2,		/* full disk, I/O, resources: [SYS/TEMP] */
 	MB_CHANGED = -3,	/* another program rewrote the mailbox */
-	MB_CLIENT = -4		/* the client went away during output */
+	MB_CLIENT = -4,		/* the client went away during output */
+	MB_LOCKED = -5		/* the locks stayed busy: [SYS/TEMP] */
 };
 
 /* How to open a maildrop. */
@@ -35,7 +36,7 @@ struct mailbox_opts {
  * Opens, checks, locks, scans and unlocks the maildrop at path.  The file
  * must be a regular file owned by o->owner with one link, opened without
  * following symlinks; a missing or empty file is an empty maildrop.
- * Returns MB_OK with *mbp set, or MB_PERM / MB_TEMP.
+ * Returns MB_OK with *mbp set, or MB_PERM / MB_TEMP / MB_LOCKED.
  */
 int	mailbox_open(struct mailbox **mbp, const char *path,
 	    const struct mailbox_opts *o);
@@ -73,7 +74,7 @@ int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
 /*
  * UPDATE: removes the deleted messages, keeping mail appended since the
  * scan, under both locks.  Does nothing (and writes nothing) when no
- * message is deleted.  Returns MB_OK, MB_TEMP or MB_CHANGED.
+ * message is deleted.  Returns MB_OK, MB_TEMP, MB_LOCKED or MB_CHANGED.
  */
 int	mailbox_update(struct mailbox *);
 

@@ -76,7 +76,7 @@ static const char *const errtext[] = {
 	[R_SYSTEMP]	= "[SYS/TEMP] Temporary server failure, try again later.",
 	[R_CHANGED]	= "[SYS/TEMP] Mailbox was changed by another program.",
 	[R_UPDATE]	= "[SYS/TEMP] Could not update the mailbox; "
-			  "nothing was deleted.",
+			  "try again later.",
 	[R_TIMEOUT]	= "Autologout; idle for too long.",
 	[R_BAD]		= "Too many bad commands.",
 };
@@ -794,23 +794,23 @@ canonical_path(const char *path, char *buf, size_t size)
 /*
  * Takes the one-session-per-maildrop lock (flock on NAME.lock, which also
  * holds the maildrop path for admins) and opens the UPDATE journal
- * NAME.journal, where NAME is the digest of the canonical maildrop path.  Both are
- * opened before the privilege drop and kept as fds.
+ * NAME.journal, where NAME is the digest of the canonical maildrop path.
+ * Both are opened before the privilege drop and kept as fds.
  * Returns R_SENT, R_INUSE or R_SYSTEMP.
  */
 static int
-session_lock(struct session *s)
+maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
+    int *journal_fd)
 {
 	static const char hex[] = "0123456789abcdef";
 	char dir[PATH_MAX], path[PATH_MAX + 64], canon[PATH_MAX];
 	unsigned char d[MD5_DIGEST_LENGTH];
 	char name[2 * MD5_DIGEST_LENGTH + 1];
-	const char *mbox = s->acct.mailbox;
 	MD5_CTX ctx;
 	size_t i;
 	int fd;
 
-	if (state_dir(s->cfg, dir, sizeof(dir)) < 0)
+	if (state_dir(cfg, dir, sizeof(dir)) < 0)
 		return R_SYSTEMP;
 	canonical_path(mbox, canon, sizeof(canon));
 	MD5Init(&ctx);
@@ -830,9 +830,9 @@ session_lock(struct session *s)
 	}
 	if (ftruncate(fd, 0) == 0)
 		(void)write_full(fd, canon, strlen(canon));
-	s->lock_fd = fd;
+	*lock_fd = fd;
 	snprintf(path, sizeof(path), "%s/%s.journal", dir, name);
-	if ((s->journal_fd = open_private(path)) < 0)
+	if ((*journal_fd = open_private(path)) < 0)
 		return R_SYSTEMP;
 	return R_SENT;
 }
@@ -866,14 +866,16 @@ session_start(struct session *s)
 
 	s->done = 1;
 	s->how = "aborted";
-	if ((r = session_lock(s)) != R_SENT)
+	if ((r = maildrop_lock(s->cfg, s->acct.mailbox, &s->lock_fd,
+	    &s->journal_fd)) != R_SENT)
 		return r;
 	if (s->cfg->root && drop_privileges(&s->acct) < 0)
 		return R_SYSTEMP;
 	r = mailbox_open(&s->mb, s->acct.mailbox,
 	    mailbox_opts(s->cfg, owner, s->journal_fd));
 	if (r != MB_OK)
-		return r == MB_TEMP ? R_LOCKED : R_PERM;
+		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
+		    R_PERM;
 	mailbox_stat(s->mb, &n, &s->total_bytes);
 	logmsg(LOG_INFO, "mailbox loaded: user=%s messages=%u bytes=%llu",
 	    log_user(s, ubuf, sizeof(ubuf)), n,
@@ -1269,6 +1271,7 @@ list_uidl(const struct config *cfg, const char *user)
 	struct account acct;
 	struct mailbox *mb;
 	struct passwd *pw = getpwnam(user);
+	int r, lock_fd = -1, journal_fd = -1;
 	unsigned i;
 
 	memset(&acct, 0, sizeof(acct));
@@ -1287,10 +1290,16 @@ list_uidl(const struct config *cfg, const char *user)
 		fprintf(stderr, "pop3d: bad mailbox template\n");
 		return 1;
 	}
+	/* as a session would: a pending UPDATE is completed first */
+	r = maildrop_lock(cfg, acct.mailbox, &lock_fd, &journal_fd);
+	if (r != R_SENT) {
+		fprintf(stderr, "pop3d: %s: %s\n", acct.mailbox, errtext[r]);
+		return 1;
+	}
 	if (cfg->root && drop_privileges(&acct) < 0)
 		return 1;
 	if (mailbox_open(&mb, acct.mailbox,
-	    mailbox_opts(cfg, acct.uid, -1)) != MB_OK) {
+	    mailbox_opts(cfg, acct.uid, journal_fd)) != MB_OK) {
 		fprintf(stderr, "pop3d: %s: cannot open mailbox\n",
 		    acct.mailbox);
 		return 1;

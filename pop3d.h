@@ -62,6 +62,13 @@
  * any later write changes the mtime (1-second filesystems need it). */
 #define MBOX_SETTLE_MS		1100
 
+/* Octets of output per write at UPDATE, and the largest journal data
+ * record: few system calls, and a session process that stays small. */
+#define MBOX_UPDATE_CHUNK	(4U << 20)
+/* Smallest journal record slot: a recovery that also moves mail delivered
+ * after the crash may need bigger records than the interrupted update. */
+#define MBOX_SLOT_MIN		(256U << 10)
+
 /* Defaults that an option can change. */
 #define POP3D_MAILBOX		"/var/mail/%u"
 #define POP3D_PAM_SERVICE	"pop3d"
