@@ -128,22 +128,53 @@ out_init(struct out *out, int fd)
 	out->total = 0;
 }
 
+/* Reads exactly len bytes.  Returns 0, or -1 on EOF or error. */
 int
-out_flush(struct out *out)
+read_full(int fd, void *buf, size_t len)
 {
-	size_t done = 0;
+	unsigned char *p = buf;
 
-	while (!out->error && done < out->len) {
-		ssize_t n = write(out->fd, out->buf + done, out->len - done);
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Writes exactly len bytes.  Returns 0 or -1. */
+int
+write_full(int fd, const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int
+out_flush(struct out *out)
+{
+	if (!out->error && out->len > 0) {
+		if (write_full(out->fd, out->buf, out->len) < 0)
 			out->error = 1;
 		else
-			done += (size_t)n;
+			out->total += out->len;
 	}
-	out->total += done;
 	out->len = 0;
 	return out->error ? -1 : 0;
 }

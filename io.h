@@ -45,6 +45,11 @@ int	in_line(struct in *, struct out *, char *line, size_t max,
 /* Bytes buffered but not yet returned. */
 size_t	in_pending(const struct in *);
 
+/* Read or write exactly len bytes, retrying on EINTR and short counts.
+ * Return 0, or -1 on error (or, reading, on end of file). */
+int	read_full(int fd, void *buf, size_t len);
+int	write_full(int fd, const void *buf, size_t len);
+
 void	out_init(struct out *, int fd);
 void	out_write(struct out *, const void *, size_t);
 void	out_str(struct out *, const char *);

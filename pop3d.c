@@ -641,44 +641,6 @@ session_loop(struct session *s)
 
 /* ---- privileges and locks --------------------------------------------- */
 
-/* Reads exactly len bytes.  Returns 0, or -1 on EOF or error. */
-static int
-read_full(int fd, void *buf, size_t len)
-{
-	unsigned char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = read(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Writes exactly len bytes.  Returns 0 or -1. */
-static int
-write_full(int fd, const void *buf, size_t len)
-{
-	const unsigned char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /*
  * Becomes the user of acct for good: supplementary groups without gid
  * mail, then gid, then uid, and checks that root cannot come back.
