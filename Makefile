@@ -183,3 +183,14 @@ analyze:
 		$(SRCS) -- -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I.
 
 .PHONY: analyze
+
+# ---- benchmarks (README.md, "Performance"); as root, not part of check ----
+# `make bench` times pop3d against popa3d, Dovecot and Mailutils on a 10k-
+# message mbox; QUICK=1 does 1k only, SIZES="1k 10k 100k" all three;
+# ANCHORS=1 first installs the other servers from Debian's packages.
+SIZES	?= $(if $(filter 1,$(QUICK)),1k,10k)
+bench: pop3d
+	@if [ "$(ANCHORS)" = 1 ]; then sh bench/anchors; fi
+	POP3D=$(CURDIR)/pop3d SIZES='$(SIZES)' $(PYTHON) bench/run
+
+.PHONY: bench

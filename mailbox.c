@@ -1407,8 +1407,7 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
 	off_t off, cur;
 	int r;
 
-	if ((r = mailbox_verify(mb, (long)n - 1, &cur)) != MB_OK)
-		return r;
+	/* the caller ran mailbox_check() before its +OK */
 	mailbox_emit_init(&em);
 	memset(&top, 0, sizeof(top));
 	top.left = lines;

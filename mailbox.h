@@ -66,7 +66,9 @@ int	mailbox_check(struct mailbox *, unsigned n);
  * Sends message n to out: with lines < 0 the whole message, otherwise
  * the header, the blank line and that many body lines (TOP).  LF becomes
  * CRLF, lines starting with "." are dot-stuffed, the terminating ".\r\n"
- * is written.  Checks first that the file was not rewritten.
+ * is written.  Call mailbox_check() first; a rewrite during the reads
+ * is caught before the terminator, so a client never takes a damaged
+ * message for whole.
  * Returns MB_OK, MB_CHANGED, MB_TEMP (read error) or MB_CLIENT.
  */
 int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);

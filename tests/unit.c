@@ -171,7 +171,10 @@ capture(struct mailbox *mb, unsigned n, long lines, struct buf *b)
 		exit(2);
 	unlink(path);
 	out_init(out, fd);
-	r = mailbox_send(mb, n, lines, out);
+	/* as the session does: check, then send */
+	r = mailbox_check(mb, n);
+	if (r == MB_OK)
+		r = mailbox_send(mb, n, lines, out);
 	out_flush(out);
 	free(out);
 	*b = (struct buf){ NULL, 0 };
