@@ -18,7 +18,7 @@ SESSIONS = [
 
 
 def tests(h):
-    if h.SAN or not shutil.which("valgrind"):
+    if h.SAN or h.VALGRIND or not shutil.which("valgrind"):
         return
     supp = os.path.join(h.TESTS, "valgrind.supp")
     for mode in h.ENV.modes():
