@@ -30,6 +30,7 @@ struct mailbox_opts {
 	unsigned	 max_messages;	/* 0: MBOX_MAX_MESSAGES */
 	uint64_t	 max_bytes;	/* 0: no limit */
 	int		 journal_fd;	/* UPDATE journal, or -1 */
+	int		 cache_fd;	/* scan cache (a hint), or -1 */
 };
 
 /*
@@ -55,6 +56,10 @@ void		mailbox_reset(struct mailbox *);
 void		mailbox_uidl(const struct mailbox *, unsigned n,
 		    char buf[POP3D_UIDL_MAX + 1]);
 /* Bytes and messages retrieved, deleted: for the session summary. */
+
+/* Octets the scan at open read: all, or only those after the messages
+ * taken from the scan cache (for the tests and benchmarks). */
+uint64_t	mailbox_scanned_octets(const struct mailbox *);
 
 /*
  * Checks, before message n is sent, that the file was not rewritten

@@ -98,6 +98,7 @@ struct session {
 	uint64_t		 total_bytes;	/* at login, for the log */
 	int			 lock_fd;
 	int			 journal_fd;
+	int			 cache_fd;	/* scan cache, or -1 */
 	unsigned		 retr_n, del_n;
 	uint64_t		 retr_bytes, del_bytes;
 };
@@ -756,13 +757,14 @@ canonical_path(const char *path, char *buf, size_t size)
 /*
  * Takes the one-session-per-maildrop lock (flock on NAME.lock, which also
  * holds the maildrop path for admins) and opens the UPDATE journal
- * NAME.journal, where NAME is the digest of the canonical maildrop path.
- * Both are opened before the privilege drop and kept as fds.
+ * NAME.journal and the scan cache NAME.cache, where NAME is the digest of
+ * the canonical maildrop path.  All are opened before the privilege drop
+ * and kept as fds; the cache is only a hint (-1 when it cannot be opened).
  * Returns R_SENT, R_INUSE or R_SYSTEMP.
  */
 static int
 maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
-    int *journal_fd)
+    int *journal_fd, int *cache_fd)
 {
 	static const char hex[] = "0123456789abcdef";
 	char dir[PATH_MAX], path[PATH_MAX + 64], canon[PATH_MAX];
@@ -796,12 +798,15 @@ maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
 	snprintf(path, sizeof(path), "%s/%s.journal", dir, name);
 	if ((*journal_fd = open_private(path)) < 0)
 		return R_SYSTEMP;
+	snprintf(path, sizeof(path), "%s/%s.cache", dir, name);
+	*cache_fd = open_private(path);
 	return R_SENT;
 }
 
 /* The mailbox options from the configuration. */
 static const struct mailbox_opts *
-mailbox_opts(const struct config *cfg, uid_t owner, int journal_fd)
+mailbox_opts(const struct config *cfg, uid_t owner, int journal_fd,
+    int cache_fd)
 {
 	static struct mailbox_opts o;
 
@@ -811,6 +816,7 @@ mailbox_opts(const struct config *cfg, uid_t owner, int journal_fd)
 	o.max_messages = cfg->max_messages;
 	o.max_bytes = cfg->max_bytes;
 	o.journal_fd = journal_fd;
+	o.cache_fd = cache_fd;
 	return &o;
 }
 
@@ -829,12 +835,12 @@ session_start(struct session *s)
 	s->done = 1;
 	s->how = "aborted";
 	if ((r = maildrop_lock(s->cfg, s->acct.mailbox, &s->lock_fd,
-	    &s->journal_fd)) != R_SENT)
+	    &s->journal_fd, &s->cache_fd)) != R_SENT)
 		return r;
 	if (s->cfg->root && drop_privileges(&s->acct) < 0)
 		return R_SYSTEMP;
 	r = mailbox_open(&s->mb, s->acct.mailbox,
-	    mailbox_opts(s->cfg, owner, s->journal_fd));
+	    mailbox_opts(s->cfg, owner, s->journal_fd, s->cache_fd));
 	if (r != MB_OK)
 		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
 		    R_PERM;
@@ -1190,7 +1196,8 @@ run_root(struct session *s)
 int
 pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 {
-	struct session *s = xmalloc(sizeof(*s));
+	static struct session sess;	/* one per process; no leak at _exit */
+	struct session *s = &sess;
 	int status = 0;
 
 	memset(s, 0, sizeof(*s));
@@ -1199,6 +1206,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->priv_fd = -1;
 	s->lock_fd = -1;
 	s->journal_fd = -1;
+	s->cache_fd = -1;
 	s->state = ST_AUTH;
 	in_init(&s->in, infd);
 	out_init(&s->out, outfd);
@@ -1216,10 +1224,11 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 		mailbox_close(s->mb);
 	if (s->journal_fd >= 0)
 		close(s->journal_fd);
+	if (s->cache_fd >= 0)
+		close(s->cache_fd);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	explicit_bzero(s, sizeof(*s));
-	free(s);
 	return status;
 }
 
@@ -1233,7 +1242,7 @@ list_uidl(const struct config *cfg, const char *user)
 	struct account acct;
 	struct mailbox *mb;
 	struct passwd *pw = getpwnam(user);
-	int r, lock_fd = -1, journal_fd = -1;
+	int r, lock_fd = -1, journal_fd = -1, cache_fd = -1;
 	unsigned i;
 
 	memset(&acct, 0, sizeof(acct));
@@ -1253,7 +1262,7 @@ list_uidl(const struct config *cfg, const char *user)
 		return 1;
 	}
 	/* as a session would: a pending UPDATE is completed first */
-	r = maildrop_lock(cfg, acct.mailbox, &lock_fd, &journal_fd);
+	r = maildrop_lock(cfg, acct.mailbox, &lock_fd, &journal_fd, &cache_fd);
 	if (r != R_SENT) {
 		fprintf(stderr, "pop3d: %s: %s\n", acct.mailbox, errtext[r]);
 		return 1;
@@ -1261,7 +1270,7 @@ list_uidl(const struct config *cfg, const char *user)
 	if (cfg->root && drop_privileges(&acct) < 0)
 		return 1;
 	if (mailbox_open(&mb, acct.mailbox,
-	    mailbox_opts(cfg, acct.uid, journal_fd)) != MB_OK) {
+	    mailbox_opts(cfg, acct.uid, journal_fd, cache_fd)) != MB_OK) {
 		fprintf(stderr, "pop3d: %s: cannot open mailbox\n",
 		    acct.mailbox);
 		return 1;
@@ -1284,7 +1293,7 @@ usage(int status)
 "  --passwd-file FILE     virtual users: lines user:crypt-hash[:mailbox]\n"
 "  --virtual-user USER    system user that virtual users run as (root mode)\n"
 "  --pam-service NAME     PAM service name (default %s)\n"
-"  --state-dir DIR        session locks and journals (default %s as root)\n"
+"  --state-dir DIR        session locks, journals, scan caches (default %s as root)\n"
 "  --idle-timeout SECONDS autologout after login (default %d; RFC 1939: >= 600)\n"
 "  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
 "  --fail-delay MS        delay after a failed login (default %d)\n"

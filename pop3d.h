@@ -58,6 +58,9 @@
 /* Octets at the end of the scanned file whose digest is kept: appended
  * mail must leave them alone. */
 #define MBOX_TAIL_MAX		4096
+/* Messages whose fingerprints a scan cache must match (first and last
+ * included): a few preads, and a rewrite in place shows in some of them. */
+#define MBOX_CACHE_SPOT		8
 /* Longest wait (ms) after a scan for the clock to pass the mtime, so that
  * any later write changes the mtime (1-second filesystems need it). */
 #define MBOX_SETTLE_MS		1100

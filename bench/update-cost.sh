@@ -50,6 +50,7 @@ main(int argc, char **argv)
 	o.max_messages = 1U << 24;
 	o.journal_fd = strcmp(argv[2], "-") == 0 ? -1 :
 	    open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
+	o.cache_fd = -1;
 	if (mailbox_open(&mb, argv[1], &o) != MB_OK)
 		return 3;
 	n = mailbox_count(mb);

@@ -39,6 +39,7 @@ opts(uid_t owner, enum uidl_mode mode, int lock_timeout)
 	o.mode = mode;
 	o.lock_timeout = lock_timeout;
 	o.journal_fd = -1;
+	o.cache_fd = -1;
 	return &o;
 }
 
@@ -1769,6 +1770,235 @@ test_cap_update(void)
 	mailbox_close(mb);
 }
 
+/* ---- the scan cache ------------------------------------------------- */
+
+/* A pseudo-message, messages with CRLF, a body "From " line, two with the
+ * same UIDL (suffix "-2"), and a last one without a final LF. */
+#define CACHEBOX FROM1 "Subject: DON'T DELETE THIS MESSAGE -- FOLDER " \
+	"INTERNAL DATA\nX-IMAP: 1234567890 0000000002\n\ninternal\n\n" \
+	FROM2 "Message-ID: <1@x>\n\nA\n\nFrom here we go\n\n" \
+	FROM1 "Message-ID: <2@x>\r\n\r\nBB\r\n\r\n" \
+	FROM2 "Message-ID: <dup@x>\n\nC\n\n" \
+	FROM2 "Message-ID: <dup@x>\n\nDD\n\n" \
+	FROM1 "Message-ID: <3@x>\n\nlast"
+#define CACHEMORE "\n\n" FROM2 "Message-ID: <4@x>\n\nnew\n\n" \
+	FROM1 "Message-ID: <5@x>\n\nnewer\n"
+
+static char cachepath[140];
+
+/* Opens mbpath, with the cache when cfd >= 0; *snap gets the listing
+ * (count, then size and UIDL of each message) and *scanned the octets
+ * scanned.  Returns the mailbox_open result. */
+static int
+cache_open(int cfd, char *snap, size_t size, uint64_t *scanned)
+{
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	char id[POP3D_UIDL_MAX + 1];
+	size_t k;
+	unsigned i;
+	int r;
+
+	o.cache_fd = cfd;
+	snap[0] = '\0';
+	if ((r = mailbox_open(&mb, mbpath, &o)) != MB_OK)
+		return r;
+	*scanned = mailbox_scanned_octets(mb);
+	k = (size_t)snprintf(snap, size, "%u:", mailbox_count(mb));
+	for (i = 1; i <= mailbox_count(mb) && k < size; i++) {
+		mailbox_uidl(mb, i, id);
+		k += (size_t)snprintf(snap + k, size - k, " %llu %s",
+		    (unsigned long long)mailbox_size(mb, i), id);
+	}
+	mailbox_close(mb);
+	return MB_OK;
+}
+
+/* After change() to the files, an open with the cache gives what a full
+ * scan gives; used: the cache must have been used (1) or not (0). */
+static void
+cache_case(const char *name, int cfd, int used)
+{
+	char want[2048], got[2048];
+	uint64_t full = 0, scanned = 0;
+	off_t size;
+	struct stat st;
+	int r1, r2;
+
+	r1 = cache_open(-1, want, sizeof(want), &full);
+	r2 = cache_open(cfd, got, sizeof(got), &scanned);
+	size = stat(mbpath, &st) == 0 ? st.st_size : -1;
+	result(name, r1 == MB_OK && r2 == MB_OK && strcmp(want, got) == 0 &&
+	    full == (uint64_t)size && (used ? scanned < full :
+	    scanned == full), "r %d %d scanned %llu of %llu; want [%s] got [%s]",
+	    r1, r2, (unsigned long long)scanned, (unsigned long long)full,
+	    want, got);
+}
+
+/* Writes a fresh cache for the current mbpath. */
+static void
+cache_prime(int cfd)
+{
+	char snap[2048];
+	uint64_t scanned;
+
+	if (ftruncate(cfd, 0) < 0 || cache_open(cfd, snap, sizeof(snap),
+	    &scanned) != MB_OK)
+		exit(2);
+}
+
+/* Changes octet at (negative: from the end) of the cache; with resum,
+ * the cache digest is made valid again. */
+static void
+cache_poke(int cfd, long at, unsigned char xor, int resum)
+{
+	struct buf b = read_file(cachepath);
+	size_t i = at < 0 ? b.len - (size_t)-at : (size_t)at;
+	MD5_CTX ctx;
+
+	b.p[i] ^= xor;
+	if (resum) {
+		MD5Init(&ctx);
+		MD5Update(&ctx, b.p, b.len - MD5_DIGEST_LENGTH);
+		MD5Final(b.p + b.len - MD5_DIGEST_LENGTH, &ctx);
+	}
+	if (pwrite(cfd, b.p, b.len, 0) != (ssize_t)b.len)
+		exit(2);
+	buf_free(&b);
+}
+
+static void
+test_cache(void)
+{
+	char snap[2048], other[sizeof(mbpath)], saved[sizeof(mbpath)];
+	uint64_t scanned = 0;
+	struct buf b;
+	struct stat st;
+	int cfd, r;
+
+	snprintf(cachepath, sizeof(cachepath), "%s/cache", dir);
+	snprintf(other, sizeof(other), "%s/other", dir);
+	cfd = open(cachepath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (cfd < 0)
+		exit(2);
+	write_file(mbpath, S(CACHEBOX));
+	r = cache_open(cfd, snap, sizeof(snap), &scanned);
+	result("cache/first-open-scans-and-writes", r == MB_OK &&
+	    scanned == sizeof(CACHEBOX) - 1 && fstat(cfd, &st) == 0 &&
+	    st.st_size > 0, "r %d scanned %llu", r,
+	    (unsigned long long)scanned);
+	cache_case("cache/reopen-uses-it", cfd, 1);
+	cache_case("cache/reopen-again", cfd, 1);
+
+	append_file(mbpath, S(CACHEMORE));
+	cache_case("cache/appended-scans-new-part", cfd, 1);
+	cache_case("cache/appended-then-unchanged", cfd, 1);
+
+	/* same size, a later mtime, other content before the last 4096
+	 * octets and outside the headers: only the mtime tells */
+	b = read_file(mbpath);
+	b.p = realloc(b.p, b.len + 6000);
+	if (b.p == NULL)
+		exit(2);
+	memset(b.p + b.len, 'x', 6000);
+	memcpy(b.p + b.len, "\n\n" FROM2 "\n", sizeof("\n\n" FROM2 "\n") - 1);
+	b.p[b.len + 5999] = '\n';
+	b.len += 6000;
+	write_file(mbpath, b.p, b.len);
+	cache_prime(cfd);
+	((unsigned char *)memmem(b.p, b.len, "BB", 2))[0] ^= 1;
+	write_file(mbpath, b.p, b.len);
+	buf_free(&b);
+	cache_case("cache/same-size-rewrite", cfd, 0);
+
+	/* the From_ line where the scan would resume made invalid (its
+	 * year), beyond the last 4096 octets, then mail appended */
+	b = read_file(mbpath);
+	cache_prime(cfd);
+	b.p[b.len - 6000 + 2 + sizeof(FROM2) - 3] = 'X';
+	write_file(mbpath, b.p, b.len);
+	buf_free(&b);
+	append_file(mbpath, S(CACHEMORE));
+	cache_case("cache/resume-line-invalid", cfd, 0);
+
+	write_file(mbpath, S(CACHEBOX));
+	cache_prime(cfd);
+	write_file(mbpath, S(FROM2 "Message-ID: <1@x>\n\nA\n"));
+	cache_case("cache/shorter-file", cfd, 0);
+
+	write_file(mbpath, S(CACHEBOX));
+	cache_prime(cfd);
+	write_file(other, S(CACHEBOX CACHEMORE));
+	if (rename(other, mbpath) < 0)
+		exit(2);
+	cache_case("cache/other-inode", cfd, 0);
+
+	/* appended mail that keeps size and the old end but not the rest:
+	 * the file rewritten in place, one message shorter, then longer */
+	write_file(mbpath, S(CACHEBOX));
+	cache_prime(cfd);
+	write_file(mbpath, S(FROM2 "Message-ID: <9@x>\n\nAAAAAAAAAAAAAAAAAAA"
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	    "\n\n" CACHEBOX));
+	cache_case("cache/rewritten-longer", cfd, 0);
+
+	write_file(mbpath, S(CACHEBOX));
+	cache_prime(cfd);
+	cache_poke(cfd, 200, 0x40, 0);
+	cache_case("cache/corrupt-byte", cfd, 0);
+	cache_prime(cfd);
+	cache_poke(cfd, -1, 0x01, 0);
+	cache_case("cache/corrupt-digest", cfd, 0);
+	cache_prime(cfd);
+	if (fstat(cfd, &st) < 0 || ftruncate(cfd, st.st_size - 1) < 0)
+		exit(2);
+	cache_case("cache/truncated", cfd, 0);
+	cache_prime(cfd);
+	cache_poke(cfd, 88 + 5, 0x10, 1);	/* count: + 2^40 */
+	cache_case("cache/absurd-count", cfd, 0);
+	cache_prime(cfd);
+	cache_poke(cfd, 8, 0x02, 1);		/* version */
+	cache_case("cache/other-version", cfd, 0);
+	cache_prime(cfd);
+	cache_poke(cfd, 96 + 1, 0x01, 1);	/* resume: + 256 */
+	cache_case("cache/resume-elsewhere", cfd, 0);
+	cache_prime(cfd);
+	cache_poke(cfd, 136 + 64 + 25, 0x01, 1); /* message 2: size + 256 */
+	cache_case("cache/implausible-size", cfd, 0);
+
+	/* a valid cache of another mailbox */
+	cache_prime(cfd);
+	write_file(other, S(CACHEBOX));
+	memcpy(saved, mbpath, sizeof(mbpath));
+	memcpy(mbpath, other, sizeof(mbpath));
+	cache_case("cache/other-mailbox", cfd, 0);
+	memcpy(mbpath, saved, sizeof(mbpath));
+
+	/* UPDATE drops the cache before it compacts */
+	write_file(mbpath, S(CACHEBOX));
+	cache_prime(cfd);
+	{
+		struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+		struct mailbox *mb = NULL;
+
+		o.cache_fd = cfd;
+		r = mailbox_open(&mb, mbpath, &o);
+		if (r == MB_OK) {
+			mailbox_delete(mb, 2);
+			r = mailbox_update(mb);
+		}
+		mailbox_close(mb);
+		result("cache/update-drops-it", r == MB_OK &&
+		    fstat(cfd, &st) == 0 && st.st_size == 0, "r %d size %lld",
+		    r, (long long)st.st_size);
+	}
+	cache_case("cache/after-update", cfd, 0);
+	close(cfd);
+}
+
 static void
 cleanup(void)
 {
@@ -1823,6 +2053,7 @@ main(int argc, char **argv)
 	for (i = 0; i < sizeof(cap_cases) / sizeof(cap_cases[0]); i++)
 		test_cap(&cap_cases[i]);
 	test_cap_update();
+	test_cache();
 
 	cleanup();
 	printf("%d passed, %d failed\n", passed, failed);

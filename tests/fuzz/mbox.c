@@ -4,6 +4,8 @@
  * that the octets sent, once the dot-stuffing is undone, are what LIST
  * announced; then it deletes one message, runs UPDATE, scans again and
  * checks that exactly the other messages remain, with the same sizes.
+ * Before that, two opens through a scan cache (the first writes it, the
+ * second uses it) must list what the full scan listed.
  * Built with -DFUZZ_REPLAY it replays the files named on its command line.
  */
 #include <fcntl.h>
@@ -74,6 +76,45 @@ check_message(struct mailbox *mb, unsigned n)
 	close(fd);
 }
 
+/* A digest of the listing: count, then size and UIDL of each message. */
+static uint64_t
+listing(struct mailbox *mb)
+{
+	char uid[POP3D_UIDL_MAX + 1];
+	uint64_t h = 1469598103934665603ULL;
+	unsigned i;
+	char *c;
+
+	h = (h ^ mailbox_count(mb)) * 1099511628211ULL;
+	for (i = 1; i <= mailbox_count(mb); i++) {
+		mailbox_uidl(mb, i, uid);
+		for (c = uid; *c != '\0'; c++)
+			h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+		h = (h ^ mailbox_size(mb, i)) * 1099511628211ULL;
+	}
+	return h;
+}
+
+/* Opens path twice through a fresh scan cache: both listings must be
+ * the full scan's (want). */
+static void
+check_cache(const struct mailbox_opts *full, uint64_t want)
+{
+	struct mailbox_opts o = *full;
+	struct mailbox *mb;
+	int k;
+
+	if ((o.cache_fd = memfd_create("cache", 0)) < 0)
+		abort();
+	for (k = 0; k < 2; k++) {
+		if (mailbox_open(&mb, path, &o) != MB_OK ||
+		    listing(mb) != want)
+			abort();
+		mailbox_close(mb);
+	}
+	close(o.cache_fd);
+}
+
 int	LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
 int
@@ -82,7 +123,8 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	static uint64_t sizes[4096];
 	char uid[POP3D_UIDL_MAX + 1];
 	struct mailbox_opts o = { .owner = getuid(), .mode = UIDL_DIGEST,
-	    .lock_timeout = 1, .journal_fd = -1 };
+	    .lock_timeout = 1, .journal_fd = -1,
+	    .cache_fd = -1 };
 	struct mailbox *mb;
 	unsigned i, count, del;
 	int fd;
@@ -107,6 +149,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		if (i <= 4096)
 			sizes[i - 1] = mailbox_size(mb, i);
 	}
+	check_cache(&o, listing(mb));
 	if (count == 0 || count > 4096) {
 		mailbox_close(mb);
 		return 0;
