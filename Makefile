@@ -12,7 +12,7 @@ CFLAGS	?= -O2 -g
 HARDEN	 = -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CFLAGS) $(EXTRA_CFLAGS)
 LDHARDEN = -pie -Wl,-z,relro,-z,now
-LIBS	 = -lpam -lcrypt -llockfile -lmd
+LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
 OBJS	 = pop3d.o auth.o mailbox.o io.o log.o
 HDRS	 = pop3d.h io.h mailbox.h auth.h

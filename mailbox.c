@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <lockfile.h>
 #include <md5.h>
+#include <xxhash.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2025,18 +2026,29 @@ journal_clear(struct upd *u)
 	return jr_sync(u);
 }
 
+/*
+ * The checksum of a record and its data: XXH3's 128 bits, not MD5, since
+ * it covers every journalled octet (all of a 600 MB mailbox when the
+ * oldest message is deleted) and only has to tell a torn or stale record
+ * from a whole one.  MD5 took two thirds of such an UPDATE.
+ */
 static void
 jr_sum(const struct jrec *r, const unsigned char *data,
     unsigned char d[MD5_DIGEST_LENGTH])
 {
 	struct jrec z = *r;
-	MD5_CTX ctx;
+	XXH3_state_t *st = XXH3_createState();
+	XXH128_canonical_t c;
 
+	if (st == NULL)
+		fatalx("out of memory");
 	memset(z.sum, 0, sizeof(z.sum));
-	MD5Init(&ctx);
-	MD5Update(&ctx, (const unsigned char *)&z, sizeof(z));
-	MD5Update(&ctx, data, (size_t)r->len);
-	MD5Final(d, &ctx);
+	XXH3_128bits_reset(st);
+	XXH3_128bits_update(st, &z, sizeof(z));
+	XXH3_128bits_update(st, data, (size_t)r->len);
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+	XXH3_freeState(st);
+	memcpy(d, c.digest, MD5_DIGEST_LENGTH);
 }
 
 /*

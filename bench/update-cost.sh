@@ -69,7 +69,7 @@ main(int argc, char **argv)
 }
 EOF
 cc -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -O2 -I. -o "$W/driver" \
-	"$W/driver.c" mailbox.o io.o log.o -lpam -lcrypt -llockfile -lmd
+	"$W/driver.c" mailbox.o io.o log.o -lpam -lcrypt -llockfile -lmd -lxxhash
 
 /usr/bin/python3 - "$N" "$W/master" <<'EOF'
 import random, sys
