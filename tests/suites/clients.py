@@ -481,8 +481,26 @@ def case_fetchmail(h, env, keep):
         raise Fail(err)
 
 
+def keep_then_delete(h, env, run, name, delete_args):
+    """What a UIDL-tracking client must do: fetch everything and leave it
+    on the server; after one delivery fetch only the new message; with
+    delete_args fetch nothing new and empty the maildrop after QUIT."""
+    mbox, msgs = env["mbox"], env["msgs"]
+
+    def expect(args, want, what):
+        err = compare(run(*args), want, what)
+        if err:
+            raise Fail(err)
+    expect((), [as_seen(m) for m in msgs], "first run")
+    expect_mbox(h, mbox, mbox_of(msgs), "after %s, keeping" % name)
+    append_new(h, mbox, len(msgs))
+    expect((), [new_message()], "second run (only the new message)")
+    expect(delete_args, [], "third run (nothing new)")
+    expect_mbox(h, mbox, b"", "after %s %s" % (name, " ".join(delete_args)))
+
+
 def case_mpop(h, env):
-    launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
+    launcher = env["launcher"]
     cl = Client(h, env["case"], "mpop")
     md = cl.path("Maildir")
     for d in ("cur", "new", "tmp"):
@@ -499,23 +517,12 @@ def case_mpop(h, env):
         if p.returncode:
             raise Fail("mpop exit %d: %r" % (p.returncode, p.stderr[-300:]))
         return cl.files(os.path.join(md, "new"))
-    err = compare(run(), [as_seen(m) for m in msgs], "first run")
-    if err:
-        raise Fail(err)
-    expect_mbox(h, mbox, mbox_of(msgs), "after mpop keep")
-    append_new(h, mbox, len(msgs))
-    err = compare(run(), [new_message()], "second run (only the new message)")
-    if err:
-        raise Fail(err)
     # keep off: mpop deletes what it has (now) retrieved, after QUIT.
-    err = compare(run("--keep=off"), [], "third run (nothing new)")
-    if err:
-        raise Fail(err)
-    expect_mbox(h, mbox, b"", "after mpop --keep=off")
+    keep_then_delete(h, env, run, "mpop", ["--keep=off"])
 
 
 def case_getmail(h, env):
-    launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
+    launcher = env["launcher"]
     cl = Client(h, env["case"], "getmail")
     md = cl.path("Maildir")
     for d in ("cur", "new", "tmp"):
@@ -537,19 +544,8 @@ def case_getmail(h, env):
             raise Fail("getmail exit %d: %r" % (p.returncode, (p.stdout + p.stderr)[-300:]))
         return [unfold(strip_header(t, b"Return-Path: "))
                 for t in cl.files(os.path.join(md, "new"))]
-    err = compare(run(), [as_seen(m) for m in msgs], "first run")
-    if err:
-        raise Fail(err)
-    expect_mbox(h, mbox, mbox_of(msgs), "after getmail (delete = false)")
-    append_new(h, mbox, len(msgs))
-    err = compare(run(), [new_message()], "second run (only the new message)")
-    if err:
-        raise Fail(err)
     # --delete: getmail deletes the messages it has seen, after QUIT.
-    err = compare(run("--delete"), [], "third run (nothing new)")
-    if err:
-        raise Fail(err)
-    expect_mbox(h, mbox, b"", "after getmail --delete")
+    keep_then_delete(h, env, run, "getmail", ["--delete"])
 
 
 CASES = [
