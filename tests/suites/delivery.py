@@ -511,6 +511,9 @@ def _mail_gid():
 
 
 def tests(h):
+    # sessions under memcheck are too slow for the bounded runs
+    if h.VALGRIND:
+        return
     seconds = 45 if STRESS else None
     cases = [("procmail", "user", 5), ("procmail-d", "root", 5),
              ("dotlockfile", "user", 4), ("dotlockfile", "root", 4)]

@@ -107,6 +107,9 @@ def session_checks(user, s):
 
 def tests(h):
     global H
+    # memcheck adds fds and raises limits in the child; VALGRIND=1 skips
+    if h.VALGRIND:
+        return
     H = h
     name = "privsep/proc"
     if not h.wanted(name):
