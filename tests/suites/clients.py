@@ -197,42 +197,39 @@ def xinetd_conf(h, port, args, server=None):
     return conf
 
 
+def launch(h, case, port, name, cmd):
+    """Starts a launcher (its log in stderr-NAME) and waits until it
+    listens on port."""
+    logpath = os.path.join(case, "stderr-" + name)
+    with open(logpath, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, env=launcher_env(h, case),
+                                start_new_session=True)
+    launcher = Launcher(h, case, proc, port, logpath, name)
+    try:
+        wait_port(port, proc, logpath, h.TIMEOUT)
+    except Fail:
+        launcher.stop()
+        raise
+    return launcher
+
+
 def start_xinetd(h, case, args):
     port = h.free_port()
     cfile = os.path.join(case, "xinetd.conf")
     with open(cfile, "w") as f:
         f.write(xinetd_conf(h, port, args))
-    logpath = os.path.join(case, "stderr-xinetd")
-    with open(logpath, "wb") as log:
-        proc = subprocess.Popen(["xinetd", "-dontfork", "-f", cfile, "-pidfile",
-                                 os.path.join(case, "xinetd.pid")],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env=launcher_env(h, case), start_new_session=True)
-    launcher = Launcher(h, case, proc, port, logpath, "xinetd")
-    try:
-        wait_port(port, proc, logpath, h.TIMEOUT)
-    except Fail:
-        launcher.stop()
-        raise
-    return launcher
+    return launch(h, case, port, "xinetd",
+                  ["xinetd", "-dontfork", "-f", cfile, "-pidfile",
+                   os.path.join(case, "xinetd.pid")])
 
 
 def start_socket_activate(h, case, argv):
     """systemd-socket-activate --inetd: one argv process per connection."""
     port = h.free_port()
-    logpath = os.path.join(case, "stderr-socket-activate")
-    with open(logpath, "wb") as log:
-        proc = subprocess.Popen(["systemd-socket-activate", "--accept", "--inetd",
-                                 "-l", "127.0.0.1:%d" % port] + list(argv),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env=launcher_env(h, case), start_new_session=True)
-    launcher = Launcher(h, case, proc, port, logpath, "systemd-socket-activate")
-    try:
-        wait_port(port, proc, logpath, h.TIMEOUT)
-    except Fail:
-        launcher.stop()
-        raise
-    return launcher
+    return launch(h, case, port, "systemd-socket-activate",
+                  ["systemd-socket-activate", "--accept", "--inetd",
+                   "-l", "127.0.0.1:%d" % port] + list(argv))
 
 
 def session_args(h, case, mode):
