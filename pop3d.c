@@ -1032,12 +1032,13 @@ child_seccomp(void)
 /*
  * Root mode, in the child: chroot to the empty directory and become the
  * unprivileged user, with nothing that could bring privileges back: no
- * new privileges, no new files or processes, no core dumps, and (where
- * supported) a seccomp allow-list.  With --debug stderr may be a log
- * file, so the file-size limit is kept only without it.
+ * new privileges, no new processes, no core dumps, and (where supported)
+ * a seccomp allow-list.  The empty root directory is not writable, so no
+ * new files either; there is no file-size limit, because stdout may be a
+ * file (`pop3d < in > out`).
  */
 static void
-child_confine(const struct passwd *pw, int debug)
+child_confine(const struct passwd *pw)
 {
 	struct rlimit zero = { 0, 0 };
 	struct rlimit nofile = { POP3D_CHILD_NOFILE, POP3D_CHILD_NOFILE };
@@ -1053,8 +1054,7 @@ child_confine(const struct passwd *pw, int debug)
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fatal("PR_SET_NO_NEW_PRIVS");
 	if (setrlimit(RLIMIT_CORE, &zero) < 0 ||
-	    setrlimit(RLIMIT_NPROC, &zero) < 0 ||
-	    (!debug && setrlimit(RLIMIT_FSIZE, &zero) < 0))
+	    setrlimit(RLIMIT_NPROC, &zero) < 0)
 		fatal("setrlimit");
 	/* valgrind refuses this one; the seccomp filter covers it there */
 	if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
@@ -1167,7 +1167,7 @@ run_root(struct session *s)
 		fatal("fork");
 	if (pid == 0) {
 		close(sv[0]);
-		child_confine(pw, s->cfg->debug);
+		child_confine(pw);
 		s->priv_fd = sv[1];
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
