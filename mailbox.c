@@ -1406,6 +1406,16 @@ mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
 
 static int	journal_recover(struct mailbox *, struct stat *);
 
+/* No interrupted UPDATE waits in the journal. */
+static int
+journal_idle(const struct mailbox *mb)
+{
+	struct stat st;
+
+	return mb->journal_fd < 0 ||
+	    (fstat(mb->journal_fd, &st) == 0 && st.st_size == 0);
+}
+
 /* Locks, re-checks, completes an interrupted UPDATE, scans, settles and
  * unlocks. */
 static int
@@ -1493,7 +1503,15 @@ mailbox_open(struct mailbox **mbp, const char *path,
 		r = MB_TEMP;
 	} else if (!mailbox_stat_ok(mb, &st, o->owner))
 		r = MB_PERM;
-	else
+	else if (st.st_size == 0 && journal_idle(mb)) {
+		/* Nothing to read and no update to finish: no locks (in
+		 * root mode each dotlock costs a run of dotlockfile).  Mail
+		 * that arrives now is appended mail, as after a scan. */
+		mb->dev = st.st_dev;
+		mb->ino = st.st_ino;
+		mb->mtime = st.st_mtim;
+		r = MB_OK;
+	} else
 		r = mailbox_load(mb, o->owner);
 	if (r != MB_OK) {
 		mailbox_close(mb);
