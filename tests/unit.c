@@ -523,6 +523,91 @@ test_block_boundaries(void)
 	result("mbox/block-boundaries", why[0] == '\0', "%s", why);
 }
 
+/*
+ * The body fast path works on blocks of 64 octets and must stop exactly
+ * at a blank line that comes before a From_ line.  A blank line (LF or
+ * CRLF) is put at every offset over the first blocks of a body, followed
+ * by a separator, by a line starting with 'F' that is no From_ line, or
+ * by plain text, or ending the file; each message's LIST size must equal
+ * what RETR sends, unstuffed, and the message count what the line after
+ * the blank makes it.
+ */
+static int
+body_run_case(const char *eol, const char *next, size_t k, int want,
+    char *why, size_t whylen)
+{
+	char d[640];
+	struct mailbox *mb = NULL;
+	struct buf raw = { NULL, 0 }, body = { NULL, 0 };
+	unsigned i;
+	int len, r;
+
+	len = snprintf(d, sizeof(d), FROM1 "S: a%s%sline one%s%.*s%s"
+	    "bbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%s"
+	    "bbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%sbbbbbbb%s%s%s",
+	    eol, eol, eol, (int)k,
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+	    eol, eol, eol, eol, eol, eol, eol, eol, eol, eol, eol, eol, eol,
+	    eol, next);
+	if (len < 0 || (size_t)len >= sizeof(d))
+		exit(2);
+	r = open_mb(&mb, d, (size_t)len, UIDL_DIGEST);
+	if (r != MB_OK || mailbox_count(mb) != (unsigned)want) {
+		snprintf(why, whylen, "%zu %s: open %d, %u messages", k,
+		    show((const unsigned char *)next, strlen(next)), r,
+		    r == MB_OK ? mailbox_count(mb) : 0);
+		mailbox_close(mb);
+		return 0;
+	}
+	for (i = 1; i <= mailbox_count(mb); i++) {
+		int ok = capture(mb, i, -1, &raw) == MB_OK &&
+		    unstuff(&raw, &body) == 0 &&
+		    body.len == mailbox_size(mb, i);
+
+		if (!ok)
+			snprintf(why, whylen, "%zu %s: message %u: LIST %llu, "
+			    "RETR %zu", k, show((const unsigned char *)next,
+			    strlen(next)), i,
+			    (unsigned long long)mailbox_size(mb, i), body.len);
+		buf_free(&raw);
+		buf_free(&body);
+		if (!ok) {
+			mailbox_close(mb);
+			return 0;
+		}
+	}
+	mailbox_close(mb);
+	return 1;
+}
+
+static void
+test_body_run(void)
+{
+	static const char *const eols[] = { "\n", "\r\n" };
+	static const struct {
+		const char	*next;
+		int		 want;
+	} nexts[] = {
+		{ FROM2 "x\n", 2 }, { "Fx\n", 1 }, { "From me\n", 1 },
+		{ "x\n\n" FROM2, 2 }, { "\n" FROM2, 2 }, { "", 1 },
+		{ "\n", 1 },
+	};
+	char why[300] = "";
+	size_t e, n, k;
+
+	for (e = 0; e < 2; e++)
+		for (n = 0; n < sizeof(nexts) / sizeof(nexts[0]); n++)
+			for (k = 0; k < 200; k++)
+				if (!body_run_case(eols[e], nexts[n].next, k,
+				    nexts[n].want, why, sizeof(why)))
+					goto out;
+out:
+	result("mbox/body-run", why[0] == '\0', "%s", why);
+}
+
 /* A 3 MB line without any LF, and a 200 kB From_ line-lookalike. */
 static void
 test_giant_lines(void)
@@ -2032,6 +2117,7 @@ main(int argc, char **argv)
 		test_fixture(&fixtures[i]);
 	test_missing();
 	test_block_boundaries();
+	test_body_run();
 	test_giant_lines();
 	test_dele_rset();
 	for (i = 0; i < sizeof(top_cases) / sizeof(top_cases[0]); i++)
