@@ -727,32 +727,36 @@ static size_t
 body_run(const unsigned char *p, size_t len, uint64_t *bare)
 {
 	uint64_t sol_in = 1, cr_in = 0, crsol_in = 0;	/* from octet -1 */
-	uint64_t nbare = 0;
-	size_t base, done = 0;
+	uint64_t nbare = 0, last = 0;	/* last: the LFs of block at */
+	size_t base, at = 0;
 
 	for (base = 0; len - base >= 64; base += 64) {
 		const unsigned char *q = p + base;
-		uint64_t lf = mask64(q, '\n'), sol, blank, next_f;
-		uint64_t cr = has64(q, '\r') ? mask64(q, '\r') : 0;
+		uint64_t lf = mask64(q, '\n'), cr = 0, sol, blank, lone;
 
 		sol = lf << 1 | sol_in;			/* a line starts here */
-		blank = lf & (sol | (cr & sol) << 1 | crsol_in);
-		if (blank != 0) {
-			next_f = mask64(q, 'F') >> 1 | (uint64_t)(len - base ==
-			    64 || q[64] == 'F') << 63;
-			if ((blank & next_f) != 0)
-				break;
+		if (cr_in != 0 || has64(q, '\r')) {
+			cr = mask64(q, '\r');
+			blank = lf & (sol | (cr & sol) << 1 | crsol_in);
+			lone = lf & ~(cr << 1 | cr_in);
+		} else {				/* the usual case */
+			blank = lf & sol;
+			lone = lf;
 		}
-		nbare += (uint64_t)__builtin_popcountll(lf &
-		    ~(cr << 1 | cr_in));
-		if (lf != 0)
-			done = base + 64 - (size_t)__builtin_clzll(lf);
+		if (blank != 0 && (blank & (mask64(q, 'F') >> 1 |
+		    (uint64_t)(len - base == 64 || q[64] == 'F') << 63)) != 0)
+			break;
+		nbare += (uint64_t)__builtin_popcountll(lone);
+		if (lf != 0) {
+			last = lf;
+			at = base;
+		}
 		sol_in = lf >> 63;
 		cr_in = cr >> 63;
 		crsol_in = (cr & sol) >> 63;
 	}
 	*bare = nbare;
-	return done;
+	return last != 0 ? at + 64 - (size_t)__builtin_clzll(last) : 0;
 }
 
 /* At the start of a body line (not after a blank line), consumes the
