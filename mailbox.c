@@ -1168,22 +1168,25 @@ mailbox_unlock(struct mailbox *mb)
 
 /*
  * Waits, still holding the locks, until the clock is past the mtime
- * scanned, so that the next write by anyone gives a different mtime.
- * File times come from the coarse clock; an mtime with zero nanoseconds
- * suggests a filesystem with whole seconds.
+ * scanned, so that the next write by anyone gives a different mtime; at
+ * most ms milliseconds.  Returns whether it is past.  File times come
+ * from the coarse clock; an mtime with zero nanoseconds suggests a
+ * filesystem with whole seconds.
  */
-static void
-mailbox_settle(const struct mailbox *mb)
+static int
+mailbox_settle(const struct mailbox *mb, long ms)
 {
 	struct timespec t0, now;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (ms_since(&t0) < MBOX_SETTLE_MS) {
+	for (;;) {
 		clock_gettime(CLOCK_REALTIME_COARSE, &now);
 		if (now.tv_sec > mb->mtime.tv_sec ||
 		    (now.tv_sec == mb->mtime.tv_sec && mb->mtime.tv_nsec != 0 &&
 		    now.tv_nsec > mb->mtime.tv_nsec))
-			return;
+			return 1;
+		if (ms_since(&t0) >= ms)
+			return 0;
 		sleep_ms(1);
 	}
 }
@@ -1575,7 +1578,7 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 	if (r == MB_OK && !unchanged)
 		cache_write(mb);
 	if (r == MB_OK)
-		mailbox_settle(mb);
+		(void)mailbox_settle(mb, MBOX_SETTLE_MS);
 	mailbox_unlock(mb);
 	return r;
 }
@@ -2438,6 +2441,50 @@ mailbox_compact(struct mailbox *mb, off_t cur)
 	return r;
 }
 
+/*
+ * After a successful UPDATE, under the locks: turns mb into the scan of
+ * the compacted file (the kept messages at their new offsets; the mail
+ * appended meanwhile now follows them and is left to the next scan) and
+ * writes the scan cache for it, so that the session after a DELE session
+ * does not scan the whole file again; not when the clock stays on the
+ * file's mtime for more than MBOX_SETTLE_QUIT_MS (whole-second mtimes):
+ * QUIT would wait.  When it is written, mb describes the compacted file
+ * (the kept messages renumbered); the session is ending.
+ */
+static void
+cache_after_update(struct mailbox *mb)
+{
+	struct stat st;
+	off_t at = mb->pseudo && mb->count > 0 ? mb->msgs[0].from : 0;
+	unsigned i, k = 0;
+
+	if (mb->cache_fd < 0 || mb->mode != UIDL_DIGEST || mb->capped)
+		return;
+	for (i = 0; i < mb->count; i++) {
+		struct msg *m = &mb->msgs[i];
+		off_t end = i + 1 < mb->count ? mb->msgs[i + 1].from : mb->size;
+		off_t shift = m->from - at;
+
+		if (m->flags & MSG_DELETED)
+			continue;
+		at += end - m->from;
+		m->from -= shift;
+		m->data -= shift;
+		m->end -= shift;
+		m->flags = 0;
+		m->suffix = 0;
+		mb->msgs[k++] = *m;
+	}
+	mb->count = k;
+	mb->size = at;
+	if (fstat(mb->fd, &st) < 0 || st.st_size < at ||
+	    mailbox_tail(mb) != MB_OK)
+		return;
+	mb->mtime = st.st_mtim;
+	if (mailbox_settle(mb, MBOX_SETTLE_QUIT_MS))
+		cache_write(mb);
+}
+
 int
 mailbox_update(struct mailbox *mb)
 {
@@ -2463,6 +2510,8 @@ mailbox_update(struct mailbox *mb)
 		r = mailbox_compact(mb, cur);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 	}
+	if (r == MB_OK)
+		cache_after_update(mb);
 	mailbox_unlock(mb);
 	return r;
 }

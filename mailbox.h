@@ -80,8 +80,11 @@ int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
 
 /*
  * UPDATE: removes the deleted messages, keeping mail appended since the
- * scan, under both locks.  Does nothing (and writes nothing) when no
- * message is deleted.  Returns MB_OK, MB_TEMP, MB_LOCKED or MB_CHANGED.
+ * scan, under both locks, then writes the scan cache for the result.
+ * Does nothing (and writes nothing) when no message is deleted.  After
+ * it, the message list may describe the compacted file: only
+ * mailbox_stat() and mailbox_close() are meant to follow.
+ * Returns MB_OK, MB_TEMP, MB_LOCKED or MB_CHANGED.
  */
 int	mailbox_update(struct mailbox *);
 

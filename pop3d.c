@@ -483,7 +483,7 @@ cmd_noop(struct session *s, char *arg)
 static int
 cmd_quit(struct session *s, char *arg)
 {
-	unsigned n;
+	unsigned n, del;
 	uint64_t octets;
 	int r;
 
@@ -499,9 +499,10 @@ cmd_quit(struct session *s, char *arg)
 		reply_ok(s, "Logging out.");
 		return R_SENT;
 	}
-	r = mailbox_update(s->mb);
+	del = mailbox_count(s->mb) - n;
+	r = mailbox_update(s->mb);	/* may renumber what it kept */
 	if (r == MB_OK) {
-		s->del_n = mailbox_count(s->mb) - n;
+		s->del_n = del;
 		s->del_bytes = s->total_bytes - octets;
 		reply_ok(s, "Logging out, messages deleted.");
 		return R_SENT;
@@ -845,9 +846,10 @@ session_start(struct session *s)
 		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
 		    R_PERM;
 	mailbox_stat(s->mb, &n, &s->total_bytes);
-	logmsg(LOG_INFO, "mailbox loaded: user=%s messages=%u bytes=%llu",
-	    log_user(s, ubuf, sizeof(ubuf)), n,
-	    (unsigned long long)s->total_bytes);
+	logmsg(LOG_INFO, "mailbox loaded: user=%s messages=%u bytes=%llu "
+	    "scanned=%llu", log_user(s, ubuf, sizeof(ubuf)), n,
+	    (unsigned long long)s->total_bytes,
+	    (unsigned long long)mailbox_scanned_octets(s->mb));
 	s->done = 0;
 	s->how = NULL;
 	s->bad = 0;		/* the same count in root and user mode */

@@ -64,6 +64,8 @@
 /* Longest wait (ms) after a scan for the clock to pass the mtime, so that
  * any later write changes the mtime (1-second filesystems need it). */
 #define MBOX_SETTLE_MS		1100
+/* The same after UPDATE, for the scan cache only: longer, and no cache. */
+#define MBOX_SETTLE_QUIT_MS	20
 
 /* Octets of output per write at UPDATE, and the largest journal data
  * record: few system calls, and a session process that stays small. */

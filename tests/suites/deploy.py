@@ -419,7 +419,7 @@ def syslog_test(h):
     want = [r"connect from 127\.0\.0\.1",
             r"login failed: user=%s\b.*" % u,
             r"login: user=%s\b.*" % u,
-            r"mailbox loaded: user=%s messages=3 bytes=2086" % u,
+            r"mailbox loaded: user=%s messages=3 bytes=2086 scanned=\d+" % u,
             r"session end: user=%s retr=1/501 del=1/1035 left=2/1051 quit" % u]
     i = 0
     for pat in want:
