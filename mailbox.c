@@ -652,9 +652,9 @@ scan_frag(struct scan *sc, const unsigned char *p, size_t n, int eol)
  * (its octets, plus one when it ends in a bare LF) unless it is a blank
  * line followed by a line that may be a From_ line: that pair, and a
  * blank line whose successor is not in the buffer yet, are left to the
- * slow path.  body_masks() gives, for 64 octets, a bit per octet for LF,
- * CR and 'F'; body_run() walks whole blocks of 64 with them and leaves
- * the last partial block to the line loop in scan_body_run().
+ * slow path.  mask64() gives, for 64 octets, a bit per octet equal to
+ * LF, CR or 'F'; body_run() walks whole blocks of 64 with these masks and
+ * leaves the rest to the line loop in scan_body_run().
  */
 #ifdef __SSE2__
 static inline __m128i
