@@ -936,8 +936,10 @@ uidl_render(const struct mailbox *mb, unsigned i, uint32_t sfx, char *buf)
  * lives only while the ids are made unique, but at 16 octets a slot it
  * was the session's peak memory on big maildrops: a slot is now 4, the
  * message index + 1 (0: empty) in the low UID_IDX_BITS and the top bits
- * of the id's hash as a tag, which spares most renderings on a collision.
- * A slot's id is that of its message with the message's suffix.
+ * of the id's hash as a tag, which spares most renderings on a collision
+ * (from 2^24 messages on, the slot number takes the tag's lowest hash bit
+ * too: more renderings, never a wrong answer, as ids are compared whole).  A
+ * slot's id is that of its message with the message's suffix.
  */
 #define UID_IDX_BITS	25
 #define UID_IDX_MASK	((1U << UID_IDX_BITS) - 1)
@@ -2448,14 +2450,38 @@ mailbox_compact(struct mailbox *mb, off_t cur)
  * writes the scan cache for it, so that the session after a DELE session
  * does not scan the whole file again; not when the clock stays on the
  * file's mtime for more than MBOX_SETTLE_QUIT_MS (whole-second mtimes):
- * QUIT would wait.  When it is written, mb describes the compacted file
- * (the kept messages renumbered); the session is ending.
+ * QUIT would wait; nor when the message now first might be taken for the
+ * pseudo-message.  Past the first check, mb describes the compacted file
+ * (the kept messages renumbered), cache or not: the session is ending.
  */
+/* Once the first message was deleted, the next one starts the file: does
+ * its header have a line starting with X-IMAP (the pseudo-message's mark,
+ * the UIDVALIDITY's source), so that a full scan could see it otherwise?
+ * m: its scan; it is now at offset 0. */
+static int
+first_has_imap(struct mailbox *mb, const struct msg *m)
+{
+	const unsigned char *p = mb->buf, *e, *lf;
+	ssize_t n = read_at(mb->fd, mb->buf, m->fp_len, 0);
+
+	if (n != (ssize_t)m->fp_len)
+		return 1;
+	for (e = p + n; p < e; p = lf + 1) {
+		if (e - p >= 6 && strncasecmp((const char *)p, "X-IMAP", 6) == 0)
+			return 1;
+		if ((lf = memchr(p, '\n', (size_t)(e - p))) == NULL)
+			break;
+	}
+	return 0;
+}
+
 static void
 cache_after_update(struct mailbox *mb)
 {
 	struct stat st;
 	off_t at = mb->pseudo && mb->count > 0 ? mb->msgs[0].from : 0;
+	int new_first = !mb->pseudo && mb->count > 0 &&
+	    (mb->msgs[0].flags & MSG_DELETED);
 	unsigned i, k = 0;
 
 	if (mb->cache_fd < 0 || mb->mode != UIDL_DIGEST || mb->capped)
@@ -2477,7 +2503,8 @@ cache_after_update(struct mailbox *mb)
 	}
 	mb->count = k;
 	mb->size = at;
-	if (fstat(mb->fd, &st) < 0 || st.st_size < at ||
+	if ((new_first && k > 0 && first_has_imap(mb, &mb->msgs[0])) ||
+	    fstat(mb->fd, &st) < 0 || st.st_size < at ||
 	    mailbox_tail(mb) != MB_OK)
 		return;
 	mb->mtime = st.st_mtim;

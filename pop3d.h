@@ -64,7 +64,8 @@
 /* Longest wait (ms) after a scan for the clock to pass the mtime, so that
  * any later write changes the mtime (1-second filesystems need it). */
 #define MBOX_SETTLE_MS		1100
-/* The same after UPDATE, for the scan cache only: longer, and no cache. */
+/* The same after UPDATE, for the scan cache only: if the clock takes
+ * longer to pass the new mtime, the cache is not written. */
 #define MBOX_SETTLE_QUIT_MS	20
 
 /* Octets of output per write at UPDATE, and the largest journal data

@@ -1868,6 +1868,10 @@ test_cap_update(void)
 	FROM2 "Message-ID: <dup@x>\n\nC\n\n" \
 	FROM2 "Message-ID: <dup@x>\n\nDD\n\n" \
 	FROM1 "Message-ID: <3@x>\n\nlast"
+#define PSEUDO2BOX FROM2 "Message-ID: <a@x>\n\nA\n\n" FROM1 "Subject: " \
+	"DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\nX-IMAP: 7 2\n\n" \
+	"internal\n\n" FROM1 "Message-ID: <b@x>\n\nB\n\n" \
+	FROM2 "Message-ID: <c@x>\n\nC\n\n" FROM1 "Message-ID: <d@x>\n\nD\n"
 #define CACHEMORE "\n\n" FROM2 "Message-ID: <4@x>\n\nnew\n\n" \
 	FROM1 "Message-ID: <5@x>\n\nnewer\n"
 
@@ -1954,17 +1958,18 @@ cache_poke(int cfd, long at, unsigned char xor, int resum)
 	buf_free(&b);
 }
 
-/* A session on CACHEBOX deletes message del and quits, with more mail
- * appended during it; the cache it leaves must be used and list what a
- * full scan lists. */
+/* A session on box deletes message del and quits, with more mail
+ * appended during it; the cache it leaves must be used (or not) and list
+ * what a full scan lists. */
 static void
-cache_update_case(const char *name, int cfd, unsigned del, const char *more)
+cache_update_case(const char *name, int cfd, const char *box, unsigned del,
+    const char *more, int used)
 {
 	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
 	struct mailbox *mb = NULL;
 	int r;
 
-	write_file(mbpath, S(CACHEBOX));
+	write_file(mbpath, box, strlen(box));
 	o.cache_fd = cfd;
 	r = mailbox_open(&mb, mbpath, &o);
 	if (r == MB_OK) {
@@ -1977,7 +1982,7 @@ cache_update_case(const char *name, int cfd, unsigned del, const char *more)
 		result(name, 0, "update: %d", r);
 		return;
 	}
-	cache_case(name, cfd, 1);
+	cache_case(name, cfd, used);
 }
 
 static void
@@ -2093,10 +2098,18 @@ test_cache(void)
 	/* UPDATE drops the cache before it compacts and writes it again
 	 * for the compacted file: the next open scans only the last message
 	 * and what was appended during the session */
-	cache_update_case("cache/after-update", cfd, 2, "");
-	cache_update_case("cache/after-update-appended", cfd, 3, CACHEMORE);
-	cache_update_case("cache/after-update-last", cfd, 6, "");
-	cache_update_case("cache/after-update-first", cfd, 1, CACHEMORE);
+	cache_update_case("cache/after-update", cfd, CACHEBOX, 2, "", 1);
+	cache_update_case("cache/after-update-appended", cfd, CACHEBOX, 3,
+	    CACHEMORE, 1);
+	cache_update_case("cache/after-update-last", cfd, CACHEBOX, 6, "", 1);
+	cache_update_case("cache/after-update-first", cfd, CACHEBOX, 1,
+	    CACHEMORE, 1);
+	/* the first message deleted: the second, with the pseudo-message's
+	 * marks, now starts the file and a full scan hides it */
+	cache_update_case("cache/after-update-new-pseudo", cfd, PSEUDO2BOX, 1,
+	    "", 0);
+	cache_update_case("cache/after-update-new-first", cfd, PSEUDO2BOX, 3,
+	    "", 1);
 	close(cfd);
 }
 
