@@ -1529,6 +1529,16 @@ mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
 
 static int	journal_recover(struct mailbox *, struct stat *);
 
+/* Takes st as the file scanned: what change detection compares with. */
+static void
+mailbox_snapshot(struct mailbox *mb, const struct stat *st)
+{
+	mb->dev = st->st_dev;
+	mb->ino = st->st_ino;
+	mb->size = st->st_size;
+	mb->mtime = st->st_mtim;
+}
+
 /* No interrupted UPDATE waits in the journal. */
 static int
 journal_idle(const struct mailbox *mb)
@@ -1569,10 +1579,7 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 		if (why != NULL && why[0] != '\0')
 			logmsg(LOG_INFO, "%s: scan cache not used: %s",
 			    mb->path, why);
-		mb->dev = st.st_dev;
-		mb->ino = st.st_ino;
-		mb->size = st.st_size;
-		mb->mtime = st.st_mtim;
+		mailbox_snapshot(mb, &st);
 		r = mailbox_scan(mb, start, octets);
 	}
 	if (r == MB_OK)
@@ -1630,9 +1637,7 @@ mailbox_open(struct mailbox **mbp, const char *path,
 		/* Nothing to read and no update to finish: no locks (in
 		 * root mode each dotlock costs a run of dotlockfile).  Mail
 		 * that arrives now is appended mail, as after a scan. */
-		mb->dev = st.st_dev;
-		mb->ino = st.st_ino;
-		mb->mtime = st.st_mtim;
+		mailbox_snapshot(mb, &st);
 		r = MB_OK;
 	} else
 		r = mailbox_load(mb, o->owner);
@@ -2443,17 +2448,6 @@ mailbox_compact(struct mailbox *mb, off_t cur)
 	return r;
 }
 
-/*
- * After a successful UPDATE, under the locks: turns mb into the scan of
- * the compacted file (the kept messages at their new offsets; the mail
- * appended meanwhile now follows them and is left to the next scan) and
- * writes the scan cache for it, so that the session after a DELE session
- * does not scan the whole file again; not when the clock stays on the
- * file's mtime for more than MBOX_SETTLE_QUIT_MS (whole-second mtimes):
- * QUIT would wait; nor when the message now first might be taken for the
- * pseudo-message.  Past the first check, mb describes the compacted file
- * (the kept messages renumbered), cache or not: the session is ending.
- */
 /* Once the first message was deleted, the next one starts the file: does
  * its header have a line starting with X-IMAP (the pseudo-message's mark,
  * the UIDVALIDITY's source), so that a full scan could see it otherwise?
@@ -2467,7 +2461,7 @@ first_has_imap(struct mailbox *mb, const struct msg *m)
 	if (n != (ssize_t)m->fp_len)
 		return 1;
 	for (e = p + n; p < e; p = lf + 1) {
-		if (e - p >= 6 && strncasecmp((const char *)p, "X-IMAP", 6) == 0)
+		if (hdr_is(p, (size_t)(e - p), "X-IMAP"))
 			return 1;
 		if ((lf = memchr(p, '\n', (size_t)(e - p))) == NULL)
 			break;
@@ -2475,6 +2469,17 @@ first_has_imap(struct mailbox *mb, const struct msg *m)
 	return 0;
 }
 
+/*
+ * After a successful UPDATE, under the locks: turns mb into the scan of
+ * the compacted file (the kept messages at their new offsets; the mail
+ * appended meanwhile now follows them and is left to the next scan) and
+ * writes the scan cache for it, so that the session after a DELE session
+ * does not scan the whole file again; not when the clock stays on the
+ * file's mtime for more than MBOX_SETTLE_QUIT_MS (whole-second mtimes):
+ * QUIT would wait; nor when the message now first might be taken for the
+ * pseudo-message.  Past the first check, mb describes the compacted file
+ * (the kept messages renumbered), cache or not: the session is ending.
+ */
 static void
 cache_after_update(struct mailbox *mb)
 {

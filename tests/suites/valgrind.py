@@ -29,11 +29,7 @@ def tests(h):
             case = h.ENV.new_case(mode)
             vars = h.ENV.vars(case)
             for mname in ("$VUSER", "$USER"):
-                p = h.mailbox_path(case, vars, mname)
-                shutil.copy(os.path.join(h.FIX, "seed.mbox"), p)
-                if h.ROOT:
-                    o = h.owner_of(mname, vars)
-                    os.chown(p, o.pw_uid, o.pw_gid)
+                h.place_fixture(case, vars, mname, "seed.mbox")
             argv = h.ENV.argv(mode, case)
             k = argv.index(h.ENV.pop3d)
             logs = os.path.join(case, "vg")
