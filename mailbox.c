@@ -56,6 +56,7 @@ struct mailbox {
 	unsigned	 max_messages;	/* scan no further */
 	uint64_t	 max_bytes;	/* octets as STAT counts; 0: none */
 	int		 journal_fd;	/* UPDATE journal, or -1 */
+	int		 journal_held;	/* a journal that does not fit: no UPDATE */
 	int		 cache_fd;	/* scan cache, or -1 */
 	int		 capped;	/* the scan stopped at a cap */
 	uint64_t	 scanned;	/* octets the last scan read */
@@ -71,6 +72,7 @@ struct mailbox {
 	unsigned	 live;		/* messages not deleted */
 	uint64_t	 live_octets;
 	uint32_t	 uidvalidity;	/* from X-IMAPbase:/X-IMAP:, 0: none */
+	int		 pseudo_ok;	/* a pseudo-message first may be hidden */
 	int		 pseudo;	/* hidden pseudo-message at offset 0 */
 	uint64_t	 pseudo_fp;
 	uint32_t	 pseudo_fp_len;
@@ -272,7 +274,9 @@ from_line_valid(const unsigned char *line, size_t len)
 
 /* ---- the scanner ---------------------------------------------------- */
 
-enum { LK_TEXT, LK_BLANK, LK_FROM };
+/* LK_LONGFROM: a "From " line after a blank line, too long for head[]:
+ * judged at its end, by the date in its last octets (tail[]). */
+enum { LK_TEXT, LK_BLANK, LK_FROM, LK_LONGFROM };
 
 /*
  * The scanner is fed the file in blocks and cuts them into lines.  The
@@ -286,7 +290,10 @@ enum { LK_TEXT, LK_BLANK, LK_FROM };
  *   octets so far; last2[] holds its last two octets (for CR before LF).
  * - boundary: the previous line was blank, or line_off is 0.  Only then
  *   can a From_ line start a message; at offset 0 any "From " line does,
- *   elsewhere the whole line must fit in head[] and carry a valid date.
+ *   elsewhere it must carry a valid date.  A line too long for head[] is
+ *   judged when it ends: its date is looked for in its last
+ *   MBOX_FROM_TAIL octets, kept in tail[] (the envelope sender before it
+ *   may be any length), and until then it only counts octets.
  * - in_msg: a message has started (after offset 0 it always has: a file
  *   not starting with "From " is malformed).  cur is that message; its
  *   size counts every content line already complete, as sent (LF not
@@ -323,6 +330,10 @@ struct scan {
 	char		*xuidl;
 	uint64_t	 octets;	/* sizes of the messages filed */
 	int		 capped;	/* stopped at --max-messages/-bytes */
+	XXH3_state_t	*long_fp;	/* LK_LONGFROM: its fingerprint so far */
+	uint32_t	 long_fp_len;
+	size_t		 tail_len;
+	unsigned char	 tail[MBOX_FROM_TAIL];
 	unsigned char	 head[MBOX_HEAD_MAX];
 };
 
@@ -452,8 +463,15 @@ scan_header_line(struct scan *sc, const unsigned char *h, size_t n)
 	}
 }
 
-/* Ends the current message at end (its separator excluded) and files
- * it, unless it is the hidden pseudo-message. */
+/*
+ * Ends the current message at end (its separator excluded) and files it,
+ * unless it is the hidden pseudo-message: the first in the file, with the
+ * marks UW and Dovecot give it (X-IMAP:, "FOLDER INTERNAL DATA"), no
+ * Received: header (a mail server wrote it, not a delivery), and only
+ * where the state says that the maildrop began with one when pop3d first
+ * saw it (pseudo_ok): a sender cannot plant one after a client emptied
+ * the maildrop.
+ */
 static int
 scan_finish(struct scan *sc, off_t end)
 {
@@ -469,7 +487,8 @@ scan_finish(struct scan *sc, off_t end)
 		m->digest[i] = d[order[i]];
 	m->fp = XXH3_64bits_digest(sc->fp_ctx);
 	sc->in_msg = 0;
-	if (sc->first && sc->ximap && sc->folder) {
+	if (sc->first && sc->ximap && sc->folder && !sc->received &&
+	    mb->pseudo_ok) {
 		mb->pseudo = 1;
 		mb->pseudo_fp = m->fp;
 		mb->pseudo_fp_len = m->fp_len;
@@ -520,6 +539,26 @@ scan_start(struct scan *sc)
 	(void)XXH3_64bits_reset(sc->fp_ctx);
 }
 
+/* Octets of an LK_LONGFROM line: the fingerprint it gets if it is a
+ * From_ line, and its last octets. */
+static void
+scan_long_bytes(struct scan *sc, const unsigned char *p, size_t n)
+{
+	size_t take = min_size(n, POP3D_BLOCK - sc->long_fp_len), keep;
+
+	(void)XXH3_64bits_update(sc->long_fp, p, take);
+	sc->long_fp_len += (uint32_t)take;
+	if (n >= sizeof(sc->tail)) {
+		memcpy(sc->tail, p + n - sizeof(sc->tail), sizeof(sc->tail));
+		sc->tail_len = sizeof(sc->tail);
+		return;
+	}
+	keep = min_size(sc->tail_len, sizeof(sc->tail) - n);
+	memmove(sc->tail, sc->tail + sc->tail_len - keep, keep);
+	memcpy(sc->tail + keep, p, n);
+	sc->tail_len = keep + n;
+}
+
 /* Octets of the current line, in any number of fragments. */
 static void
 scan_bytes(struct scan *sc, const unsigned char *p, size_t n)
@@ -542,6 +581,55 @@ scan_bytes(struct scan *sc, const unsigned char *p, size_t n)
 	}
 	if (sc->in_header && sc->kind == LK_TEXT && sc->fixed)
 		MD5Update(&sc->uidl_ctx, p, n);
+	if (sc->kind == LK_LONGFROM)
+		scan_long_bytes(sc, p, n);
+}
+
+/* A "From " line after a blank line fills head[]: decided at its end. */
+static void
+scan_long_begin(struct scan *sc)
+{
+	sc->kind = LK_LONGFROM;
+	if (sc->long_fp == NULL && (sc->long_fp = XXH3_createState()) == NULL)
+		fatalx("out of memory");
+	(void)XXH3_64bits_reset(sc->long_fp);
+	sc->long_fp_len = 0;
+	sc->tail_len = 0;
+}
+
+/*
+ * The end of an LK_LONGFROM line: a From_ line when its last octets hold
+ * a valid date (the partial token they start with is dropped: it is part
+ * of the envelope sender, which may be anything).  A From_ line ends the
+ * message before it, as in scan_line_begin, and starts one with the
+ * fingerprint gathered along the line; anything else is text.
+ * Returns 0, or -1 when the scan stops (a cap).
+ */
+static int
+scan_long_end(struct scan *sc)
+{
+	unsigned char line[5 + MBOX_FROM_TAIL];
+	size_t i = 0;
+
+	while (i < sc->tail_len && sc->tail[i] != ' ' && sc->tail[i] != '\t')
+		i++;
+	memcpy(line, "From ", 5);
+	memcpy(line + 5, sc->tail + i, sc->tail_len - i);
+	if (!from_line_valid(line, 5 + sc->tail_len - i)) {
+		sc->kind = LK_TEXT;
+		if (sc->pending)
+			sc->cur.size += 2;	/* it was content after all */
+		sc->pending = 0;
+		return 0;
+	}
+	sc->kind = LK_FROM;
+	if (sc->in_msg && scan_finish(sc, sc->blank_off) < 0)
+		return -1;
+	sc->pending = 0;
+	scan_start(sc);
+	XXH3_copyState(sc->fp_ctx, sc->long_fp);
+	sc->cur.fp_len = sc->long_fp_len;
+	return 0;
 }
 
 /* Classifies the current line from head[]; complete: the whole line is
@@ -562,6 +650,8 @@ scan_line_begin(struct scan *sc, int complete)
 	if (sc->boundary && (sc->line_off == 0 ||
 	    (complete && from_line_valid(h, n))))
 		sc->kind = LK_FROM;
+	else if (sc->boundary && !complete && memcmp(h, "From ", 5) == 0)
+		scan_long_begin(sc);
 	else if ((n == 1 && h[0] == '\n') ||
 	    (n == 2 && h[0] == '\r' && h[1] == '\n'))
 		sc->kind = LK_BLANK;
@@ -573,7 +663,7 @@ scan_line_begin(struct scan *sc, int complete)
 			return -1;
 		sc->pending = 0;
 		scan_start(sc);
-	} else {
+	} else if (sc->kind != LK_LONGFROM) {
 		if (sc->pending)
 			sc->cur.size += 2;	/* it was content after all */
 		sc->pending = 0;
@@ -588,12 +678,15 @@ scan_line_begin(struct scan *sc, int complete)
 	return 0;
 }
 
-/* The current line ended (eol: with its LF; else at EOF). */
-static void
+/* The current line ended (eol: with its LF; else at EOF).  Returns 0, or
+ * -1 when the scan stops. */
+static int
 scan_line_end(struct scan *sc, int eol)
 {
 	struct msg *m = &sc->cur;
 
+	if (sc->kind == LK_LONGFROM && scan_long_end(sc) < 0)
+		return -1;
 	switch (sc->kind) {
 	case LK_FROM:
 		m->data = sc->line_off + (off_t)sc->line_len;
@@ -616,6 +709,7 @@ scan_line_end(struct scan *sc, int eol)
 	sc->line_len = 0;
 	sc->head_len = 0;
 	sc->head_done = 0;
+	return 0;
 }
 
 /* One piece of a line: up to and including its LF when eol. */
@@ -628,12 +722,9 @@ scan_frag(struct scan *sc, const unsigned char *p, size_t n, int eol)
 
 		memcpy(sc->head + sc->head_len, p, take);
 		sc->head_len += take;
-		if (eol && take == n) {
-			if (scan_line_begin(sc, 1) < 0)
-				return -1;
-			scan_line_end(sc, 1);
-			return 0;
-		}
+		if (eol && take == n)
+			return scan_line_begin(sc, 1) < 0 ? -1 :
+			    scan_line_end(sc, 1);
 		if (sc->head_len < MBOX_HEAD_MAX)
 			return 0;
 		if (scan_line_begin(sc, 0) < 0)
@@ -642,9 +733,7 @@ scan_frag(struct scan *sc, const unsigned char *p, size_t n, int eol)
 		n -= take;
 	}
 	scan_bytes(sc, p, n);
-	if (eol)
-		scan_line_end(sc, 1);
-	return 0;
+	return eol ? scan_line_end(sc, 1) : 0;
 }
 
 /*
@@ -815,8 +904,8 @@ scan_eof(struct scan *sc)
 	if (sc->head_len > 0 && !sc->head_done &&
 	    scan_line_begin(sc, 1) < 0)
 		return -1;
-	if (sc->head_done)
-		scan_line_end(sc, 0);
+	if (sc->head_done && scan_line_end(sc, 0) < 0)
+		return -1;
 	if (sc->in_msg)
 		return scan_finish(sc, sc->pending ? sc->blank_off :
 		    sc->line_off);
@@ -862,6 +951,8 @@ mailbox_scan(struct mailbox *mb, off_t start, uint64_t octets)
 	mb->capped = sc->capped;
 	free(sc->xuidl);
 	XXH3_freeState(sc->fp_ctx);
+	if (sc->long_fp != NULL)
+		XXH3_freeState(sc->long_fp);
 	free(sc);
 	return r;
 }
@@ -1466,6 +1557,8 @@ cache_load(struct mailbox *mb, const struct stat *st, off_t *resume,
 	else if (!fp_ok(mb, (off_t)(h.size - h.tail_len),
 	    (uint32_t)h.tail_len, h.tail_fp))
 		why = "the old end differs";
+	else if (h.pseudo && !mb->pseudo_ok)
+		why = "the pseudo-message is no longer trusted";
 	else if (h.pseudo && !fp_ok(mb, 0, (uint32_t)h.pseudo_fp_len,
 	    h.pseudo_fp))
 		why = "the pseudo-message differs";
@@ -1499,6 +1592,12 @@ cache_load(struct mailbox *mb, const struct stat *st, off_t *resume,
 	*octets = sum;
 	*unchanged = h.size == (uint64_t)st->st_size;
 	return NULL;
+}
+
+int
+mailbox_pseudo(const struct mailbox *mb)
+{
+	return mb->pseudo;
 }
 
 uint64_t
@@ -1593,7 +1692,29 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 }
 
 int
+mailbox_file(const char *path, int *fd)
+{
+	*fd = open(path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC |
+	    O_NONBLOCK);
+	if (*fd >= 0 || errno == ENOENT)
+		return MB_OK;		/* ENOENT: an empty maildrop */
+	logmsg(LOG_ERR, "%s: open: %s", path, strerror(errno));
+	return (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
+	    errno == EINTR || errno == EIO) ? MB_TEMP : MB_PERM;
+}
+
+int
 mailbox_open(struct mailbox **mbp, const char *path,
+    const struct mailbox_opts *o)
+{
+	int fd, r = mailbox_file(path, &fd);
+
+	*mbp = NULL;
+	return r != MB_OK ? r : mailbox_open_fd(mbp, path, fd, o);
+}
+
+int
+mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
     const struct mailbox_opts *o)
 {
 	struct mailbox *mb = xmalloc(sizeof(*mb));
@@ -1610,22 +1731,16 @@ mailbox_open(struct mailbox **mbp, const char *path,
 	mb->max_bytes = o->max_bytes;
 	mb->journal_fd = o->journal_fd;
 	mb->cache_fd = o->cache_fd;
+	mb->pseudo_ok = o->pseudo_ok;
+	mb->journal_held = o->journal_held;
 	mb->path = xstrdup(path);
 	mb->lockpath = xmalloc(len + sizeof(".lock"));
 	memcpy(mb->lockpath, path, len);
 	memcpy(mb->lockpath + len, ".lock", sizeof(".lock"));
-	mb->fd = open(path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC |
-	    O_NONBLOCK);
-	if (mb->fd < 0 && errno == ENOENT) {
+	mb->fd = fd;
+	if (mb->fd < 0) {
 		*mbp = mb;		/* an empty maildrop; never created */
 		return MB_OK;
-	}
-	if (mb->fd < 0) {
-		r = (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
-		    errno == EINTR || errno == EIO) ? MB_TEMP : MB_PERM;
-		logmsg(LOG_ERR, "%s: open: %s", path, strerror(errno));
-		mailbox_close(mb);
-		return r;
 	}
 	mb->buf = xmalloc(POP3D_BLOCK);
 	if (fstat(mb->fd, &st) < 0) {
@@ -2526,6 +2641,12 @@ mailbox_update(struct mailbox *mb)
 
 	if (mb->fd < 0 || mb->live == mb->count)
 		return MB_OK;		/* a read-only session writes nothing */
+	if (mb->journal_held) {
+		logmsg(LOG_ERR, "%s: no UPDATE: a pending journal that does "
+		    "not fit this file is kept (README, Crash safety)",
+		    mb->path);
+		return MB_TEMP;
+	}
 	if ((r = mailbox_lock(mb)) != MB_OK)
 		return r;
 	r = mailbox_verify(mb, -1, &cur);
@@ -2662,9 +2783,11 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
  * - An empty journal: nothing pending.
  * - A torn header (bad magic or MD5): the header is synced before the
  *   first mailbox write, so the mailbox was never written; the journal is
- *   emptied and the mailbox left alone.  A header naming another device
- *   or inode (the mailbox was replaced since) is emptied too, with an
- *   error logged: the file it describes is not here any more.
+ *   emptied and the mailbox left alone.  Any other journal that cannot be
+ *   carried out here (it names another device or inode: the mailbox was
+ *   replaced; or the file was rewritten since) is kept as it is, with an
+ *   error logged, and the session may read but not UPDATE: only an
+ *   administrator can tell which file the journal's data belongs to.
  * - Otherwise the redo point D comes from the newest valid record (or is
  *   the first octet that moves).  Mail may have been appended since the
  *   crash: our locks died with the process.  The tail digest (octets just
@@ -2673,8 +2796,8 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
  *   [old, end) is new mail; a file cut after the record D = final (the
  *   only time it can be) needs nothing but that record's data, and any
  *   mail after final is in place.  A file that is neither was rewritten
- *   by another program after the crash: it is left alone, the journal
- *   emptied and an error logged.
+ *   by another program after the crash: it is left alone and the journal
+ *   kept, as above.
  * - The record's data is written again and the plan carried out from D.
  *   New mail [old, end) then gets a plan of its own, generation g + 1
  *   (keep [0, final), move [old, end) down to final), switched to by a
@@ -2715,11 +2838,17 @@ journal_recover(struct mailbox *mb, struct stat *st)
 			why = "the mailbox was rewritten by another program "
 			    "after the interrupted update; left as it is";
 	}
-	if (why != NULL) {
-		logmsg(strcmp(why, "torn header") == 0 ? LOG_NOTICE : LOG_ERR,
-		    "%s: journal discarded: %s", mb->path, why);
+	if (why != NULL && strcmp(why, "torn header") == 0) {
+		logmsg(LOG_NOTICE, "%s: journal discarded: %s", mb->path, why);
 		if (journal_clear(&u) < 0)
 			r = MB_TEMP;
+		goto done;
+	}
+	if (why != NULL) {
+		logmsg(LOG_ERR, "%s: pending journal kept: %s; no UPDATE of "
+		    "this maildrop until an administrator resolves it "
+		    "(README, Crash safety)", mb->path, why);
+		mb->journal_held = 1;
 		goto done;
 	}
 	redo0 = u.redo;

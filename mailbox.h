@@ -31,6 +31,10 @@ struct mailbox_opts {
 	uint64_t	 max_bytes;	/* 0: no limit */
 	int		 journal_fd;	/* UPDATE journal, or -1 */
 	int		 cache_fd;	/* scan cache (a hint), or -1 */
+	int		 pseudo_ok;	/* the state trusts a UW/Dovecot
+					 * pseudo-message first: hide it */
+	int		 journal_held;	/* a journal of this maildrop's
+					 * former file waits: no UPDATE */
 };
 
 /*
@@ -40,6 +44,14 @@ struct mailbox_opts {
  * Returns MB_OK with *mbp set, or MB_PERM / MB_TEMP / MB_LOCKED.
  */
 int	mailbox_open(struct mailbox **mbp, const char *path,
+	    const struct mailbox_opts *o);
+/* The two halves of mailbox_open, for a caller that names its state
+ * after the opened file: mailbox_file() opens path (as the user) and
+ * returns MB_OK with *fd set (-1 when there is no file) or MB_PERM /
+ * MB_TEMP; mailbox_open_fd() takes over that fd (or -1) and does the
+ * rest. */
+int	mailbox_file(const char *path, int *fd);
+int	mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	    const struct mailbox_opts *o);
 void	mailbox_close(struct mailbox *);
 
@@ -56,6 +68,9 @@ void		mailbox_reset(struct mailbox *);
 void		mailbox_uidl(const struct mailbox *, unsigned n,
 		    char buf[POP3D_UIDL_MAX + 1]);
 /* Bytes and messages retrieved, deleted: for the session summary. */
+
+/* Is a pseudo-message hidden at the start of the file?  1 or 0. */
+int		mailbox_pseudo(const struct mailbox *);
 
 /* Octets the scan at open read: all, or only those after the messages
  * taken from the scan cache (for the tests and benchmarks). */
@@ -81,7 +96,9 @@ int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
 /*
  * UPDATE: removes the deleted messages, keeping mail appended since the
  * scan, under both locks, then writes the scan cache for the result.
- * Does nothing (and writes nothing) when no message is deleted.  After
+ * Does nothing (and writes nothing) when no message is deleted, and
+ * refuses (MB_TEMP) while a pending journal that does not fit this file
+ * is kept (see journal_recover in mailbox.c).  After
  * it, the message list may describe the compacted file: only
  * mailbox_stat() and mailbox_close() are meant to follow.
  * Returns MB_OK, MB_TEMP, MB_LOCKED or MB_CHANGED.

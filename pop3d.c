@@ -50,7 +50,7 @@ enum {
 	R_SENT = 0,
 	R_UNKNOWN, R_STATE, R_ARG, R_NUMBER, R_NOMSG, R_DELETED, R_LINES,
 	R_NOUSER, R_AUTH, R_CANCEL, R_BASE64, R_MECH, R_TOOLONG, R_NUL,
-	R_INUSE, R_LOCKED, R_PERM, R_SYSTEMP, R_CHANGED, R_UPDATE,
+	R_INUSE, R_LOCKED, R_PERM, R_SYSTEMP, R_NOSTATE, R_CHANGED, R_UPDATE,
 	R_TIMEOUT, R_BAD,
 	R_CLOSE		/* ends the session after the reply, if any */
 };
@@ -74,11 +74,23 @@ static const char *const errtext[] = {
 	[R_LOCKED]	= "[SYS/TEMP] Mailbox is locked, try again later.",
 	[R_PERM]	= "[SYS/PERM] Mailbox is unreadable or malformed.",
 	[R_SYSTEMP]	= "[SYS/TEMP] Temporary server failure, try again later.",
+	[R_NOSTATE]	= "[SYS/PERM] No usable state directory; see "
+			  "--state-dir in pop3d(8).",
 	[R_CHANGED]	= "[SYS/TEMP] Mailbox was changed by another program.",
 	[R_UPDATE]	= "[SYS/TEMP] Could not update the mailbox; "
 			  "try again later.",
 	[R_TIMEOUT]	= "Autologout; idle for too long.",
 	[R_BAD]		= "Too many bad commands.",
+};
+
+#define STATE_KEY_MAX	48
+
+struct state {
+	char	dir[PATH_MAX];
+	char	key[STATE_KEY_MAX];	/* DEV-INO, hex */
+	int	lock_fd, journal_fd, cache_fd;	/* -1: not open */
+	int	pseudo_ok;	/* the note trusts a pseudo-message first */
+	int	journal_held;	/* the former file's journal waits */
 };
 
 struct session {
@@ -96,9 +108,7 @@ struct session {
 	struct account		 acct;
 	struct mailbox		*mb;
 	uint64_t		 total_bytes;	/* at login, for the log */
-	int			 lock_fd;
-	int			 journal_fd;
-	int			 cache_fd;	/* scan cache, or -1 */
+	struct state		 st;		/* the account's state files */
 	unsigned		 retr_n, del_n;
 	uint64_t		 retr_bytes, del_bytes;
 };
@@ -680,171 +690,444 @@ drop_privileges(const struct account *acct)
 	return 0;
 }
 
-/*
- * The state directory (session locks, UPDATE journals): --state-dir, else
- * POP3D_STATE_DIR as root, else ~/.pop3d (/tmp/pop3d-UID without a home).
- * Made if missing; it must be ours and closed to others.
- */
-static int
-state_dir(const struct config *cfg, char *buf, size_t size)
-{
-	const char *home = getenv("HOME");
-	struct stat st;
-	int n;
+/* ---- state files ------------------------------------------------------ */
 
-	if (cfg->state_dir != NULL)
-		n = snprintf(buf, size, "%s", cfg->state_dir);
-	else if (cfg->root)
-		n = snprintf(buf, size, "%s", POP3D_STATE_DIR);
-	else if (home != NULL && home[0] == '/')
-		n = snprintf(buf, size, "%s/.pop3d", home);
-	else
-		n = snprintf(buf, size, "/tmp/pop3d-%lu",
-		    (unsigned long)geteuid());
-	if (n < 0 || (size_t)n >= size)
-		return -1;
-	if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
-		logmsg(LOG_ERR, "cannot create %s: %m", buf);
-		return -1;
-	}
-	if (lstat(buf, &st) < 0 || !S_ISDIR(st.st_mode) ||
-	    st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
-		logmsg(LOG_ERR, "unsafe state directory %s", buf);
-		return -1;
-	}
-	return 0;
+/*
+ * The state of a maildrop file (session lock, UPDATE journal, scan cache)
+ * lives in a directory of its user's alone, in files named after the
+ * device and inode of the file as the user opened it (the session runs
+ * as the user by then): KEY.lock (flock: one session per maildrop however
+ * it is named; it also holds a note), KEY.journal and KEY.cache.  A user
+ * reaches only the state of files she owns, in her own directory, and no
+ * path is ever resolved with privileges.  path-DIGEST (the MD5 of the
+ * maildrop path as the template gives it) is a symlink to the KEY that
+ * path named last: once the path names another file, the old file's
+ * state is removed, unless its journal still waits (then no UPDATE until
+ * an administrator looks).  So a user's directory holds one set of files
+ * per maildrop, plus journals that wait.
+ */
+/* Is path a directory that no one but owner (or root, when root_ok)
+ * can change? */
+static int
+dir_closed(const char *path, uid_t owner, int root_ok)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
+	    (st.st_uid == owner || (root_ok && st.st_uid == 0)) &&
+	    (st.st_mode & 022) == 0;
 }
 
-/* Opens (creating) a private file of ours: no link followed, regular,
- * owned by us.  Returns the fd or -1. */
+/*
+ * Root mode, before the privilege drop: the system state directory
+ * (--state-dir or POP3D_STATE_DIR: root's, searchable, not listable) and
+ * in it UID/, the user's own.  Returns 0, or -1.
+ */
 static int
-open_private(const char *path)
+state_prepare(const struct config *cfg, const struct account *acct)
 {
+	const char *base = cfg->state_dir ? cfg->state_dir : POP3D_STATE_DIR;
+	char dir[PATH_MAX];
 	struct stat st;
-	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int fd, n;
 
-	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    st.st_uid == geteuid() && st.st_nlink == 1)
-		return fd;
-	logmsg(LOG_ERR, "%s: unsafe or unusable", path);
+	if (mkdir(base, 0711) < 0 && errno != EEXIST)
+		return -1;
+	if (!dir_closed(base, 0, 0) || lstat(base, &st) < 0 ||
+	    ((st.st_mode & 0111) != 0111 &&
+	    chmod(base, (st.st_mode & 07777) | 0111) < 0)) {
+		logmsg(LOG_ERR, "%s: not a state directory of root's", base);
+		return -1;
+	}
+	n = snprintf(dir, sizeof(dir), "%s/%lu", base,
+	    (unsigned long)acct->uid);
+	if (n < 0 || (size_t)n >= sizeof(dir) ||
+	    (mkdir(dir, 0700) < 0 && errno != EEXIST))
+		return -1;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0 && fstat(fd, &st) == 0 &&
+	    (st.st_uid == 0 || st.st_uid == acct->uid) &&
+	    fchown(fd, acct->uid, acct->gid) == 0 && fchmod(fd, 0700) == 0) {
+		close(fd);
+		return 0;
+	}
+	logmsg(LOG_ERR, "%s: unusable state directory", dir);
 	if (fd >= 0)
 		close(fd);
 	return -1;
 }
 
 /*
- * The maildrop path with its directory's symlinks resolved, so that two
- * names of one maildrop share one session lock; the path as given when
- * the directory cannot be resolved.
+ * Is parent/leaf a directory of ours alone (made, when create, if
+ * missing)?  parent must be ours or root's and writable by no one else,
+ * so that no other user can have made or replaced leaf.  Returns 0 with
+ * buf set, or -1.
  */
-static void
-canonical_path(const char *path, char *buf, size_t size)
+static int
+own_dir(const char *parent, const char *leaf, int create, char *buf,
+    size_t size)
 {
-	const char *base = strrchr(path, '/');
-	char dir[PATH_MAX], real[PATH_MAX];
-	int n = -1;
+	int n;
 
-	if (base != NULL && (size_t)(base - path) < sizeof(dir)) {
-		memcpy(dir, path, (size_t)(base - path));
-		dir[base - path] = '\0';
-		if (realpath(dir[0] ? dir : "/", real) != NULL)
-			n = snprintf(buf, size, "%s%s%s",
-			    strcmp(real, "/") == 0 ? "" : real, "/", base + 1);
+	if (parent == NULL || parent[0] != '/' ||
+	    !dir_closed(parent, geteuid(), 1))
+		return -1;
+	n = snprintf(buf, size, "%s/%s", strcmp(parent, "/") == 0 ? "" :
+	    parent, leaf);
+	if (n < 0 || (size_t)n >= size ||
+	    (create && mkdir(buf, 0700) < 0 && errno != EEXIST))
+		return -1;
+	return dir_closed(buf, geteuid(), 0) ? 0 : -1;
+}
+
+#define STATE_CANDS	4
+
+/*
+ * Where a maildrop's state may live, as (parent, leaf) pairs, in order.
+ * --state-dir names the only one (root's: its UID/ as in root mode; else
+ * the directory itself).  Otherwise: UID/ in POP3D_STATE_DIR (made by
+ * root mode: run by hand, the user shares it), .pop3d in the passwd
+ * entry's home, pop3d in $XDG_STATE_HOME (user mode), .pop3d-state beside
+ * the maildrop.  Returns the count.
+ */
+static int
+state_candidates(const struct config *cfg, const struct account *acct,
+    char parent[STATE_CANDS][PATH_MAX], char leaf[STATE_CANDS][64])
+{
+	const char *base = cfg->state_dir ? cfg->state_dir : POP3D_STATE_DIR;
+	const struct passwd *pw = getpwuid(geteuid());
+	const char *xdg = getenv("XDG_STATE_HOME");
+	char *slash;
+	int k = 0;
+
+	snprintf(parent[k], PATH_MAX, "%s", base);
+	snprintf(leaf[k], 64, "%lu", (unsigned long)acct->uid);
+	if (cfg->state_dir != NULL && !dir_closed(base, 0, 0) &&
+	    (slash = strrchr(parent[k], '/')) != NULL) {
+		snprintf(leaf[k], 64, "%s", slash + 1);
+		*slash = '\0';			/* the directory itself */
+		if (parent[k][0] == '\0')
+			snprintf(parent[k], PATH_MAX, "/");
 	}
-	if (n < 0 || (size_t)n >= size)
-		snprintf(buf, size, "%s", path);
+	if (cfg->state_dir != NULL)
+		return 1;
+	k++;
+	if (pw != NULL) {
+		snprintf(parent[k], PATH_MAX, "%s", pw->pw_dir);
+		snprintf(leaf[k++], 64, ".pop3d");
+	}
+	if (!cfg->root && xdg != NULL) {
+		snprintf(parent[k], PATH_MAX, "%s", xdg);
+		snprintf(leaf[k++], 64, "pop3d");
+	}
+	snprintf(parent[k], PATH_MAX, "%s", acct->mailbox);
+	if ((slash = strrchr(parent[k], '/')) != NULL) {
+		*slash = '\0';
+		if (parent[k][0] == '\0')
+			snprintf(parent[k], PATH_MAX, "/");
+		snprintf(leaf[k++], 64, ".pop3d-state");
+	}
+	return k;
+}
+
+/* Does dir hold a journal of key that waits? */
+static int
+journal_waits(const char *dir, const char *key)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int n = snprintf(path, sizeof(path), "%s/%s.journal", dir, key);
+
+	return n > 0 && (size_t)n < sizeof(path) && lstat(path, &st) == 0 &&
+	    S_ISREG(st.st_mode) && st.st_size > 0;
 }
 
 /*
- * Takes the one-session-per-maildrop lock (flock on NAME.lock, which also
- * holds the maildrop path for admins) and opens the UPDATE journal
- * NAME.journal and the scan cache NAME.cache, where NAME is the digest of
- * the canonical maildrop path.  All are opened before the privilege drop
- * and kept as fds; the cache is only a hint (-1 when it cannot be opened).
- * Returns R_SENT, R_INUSE or R_SYSTEMP.
+ * Picks st->dir for st->key: a candidate that holds a waiting journal of
+ * this file (a killed session left it there), else the first candidate
+ * that is, or can be made, ours alone; root mode makes none but its own.
+ * Never a directory that another user could have made first (such as a
+ * fixed name in /tmp).  Returns 0, or -1.
  */
 static int
-maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
-    int *journal_fd, int *cache_fd)
+state_dir(const struct config *cfg, const struct account *acct,
+    struct state *st)
+{
+	char parent[STATE_CANDS][PATH_MAX], leaf[STATE_CANDS][64];
+	int n = state_candidates(cfg, acct, parent, leaf), i;
+
+	for (i = 0; i < n; i++)
+		if (own_dir(parent[i], leaf[i], 0, st->dir,
+		    sizeof(st->dir)) == 0 && journal_waits(st->dir, st->key))
+			return 0;
+	for (i = 0; i < (cfg->root ? 1 : n); i++)
+		if (own_dir(parent[i], leaf[i], 1, st->dir,
+		    sizeof(st->dir)) == 0)
+			return 0;
+	return -1;
+}
+
+/* dir/key.ext as a path. */
+static const char *
+state_path(const char *dir, const char *key, const char *ext, char *buf,
+    size_t size)
+{
+	int n = snprintf(buf, size, "%s/%s.%s", dir, key, ext);
+
+	return n > 0 && (size_t)n < size ? buf : NULL;
+}
+
+/* Opens (creating) a state file: a regular file of ours with one link.
+ * Returns the fd or -1. */
+static int
+state_file(const struct state *st, const char *key, const char *ext)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+	int fd = -1;
+
+	if (state_path(st->dir, key, ext, path, sizeof(path)) != NULL)
+		fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NOCTTY |
+		    O_CLOEXEC, 0600);
+	if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
+	    sb.st_nlink == 1 && sb.st_uid == geteuid())
+		return fd;
+	logmsg(LOG_ERR, "%s/%s.%s: unsafe or unusable state file", st->dir,
+	    key, ext);
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/*
+ * Takes the flock on dir/key.lock.  Since the state of a replaced file is
+ * removed (under this lock), the lock counts only while the name still
+ * leads to the locked file.  Returns the fd, -1 when another session
+ * holds it (EWOULDBLOCK), or -2.
+ */
+static int
+state_flock(const struct state *st, const char *key)
+{
+	char path[PATH_MAX];
+	struct stat a, b;
+	int fd, tries;
+
+	if (state_path(st->dir, key, "lock", path, sizeof(path)) == NULL)
+		return -2;
+	for (tries = 0; tries < 3; tries++) {
+		if ((fd = state_file(st, key, "lock")) < 0)
+			return -2;
+		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+			close(fd);
+			return errno == EWOULDBLOCK ? -1 : -2;
+		}
+		if (fstat(fd, &a) == 0 && lstat(path, &b) == 0 &&
+		    a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+			return fd;
+		close(fd);			/* removed meanwhile */
+	}
+	return -2;
+}
+
+/* Is key the form state keys take (DEV-INO in hex)? */
+static int
+state_key_ok(const char *key)
+{
+	size_t n = strspn(key, "0123456789abcdef-");
+
+	return n > 0 && key[n] == '\0' && n < STATE_KEY_MAX;
+}
+
+/*
+ * The path of this maildrop named another file last time (replaced since):
+ * removes that file's state, or, when its journal waits, keeps it and
+ * holds back UPDATE; leaves it while another session holds it.  Then
+ * points path-DIGEST at our key.
+ */
+static void
+state_retire(struct state *st, const struct account *acct)
 {
 	static const char hex[] = "0123456789abcdef";
-	char dir[PATH_MAX], path[PATH_MAX + 64], canon[PATH_MAX];
+	char link[PATH_MAX], tmp[PATH_MAX + 8], old[STATE_KEY_MAX];
+	char name[8 + 2 * MD5_DIGEST_LENGTH], p[PATH_MAX];
 	unsigned char d[MD5_DIGEST_LENGTH];
-	char name[2 * MD5_DIGEST_LENGTH + 1];
+	const char *const ext[] = { "cache", "journal", "lock" };
 	MD5_CTX ctx;
+	ssize_t n;
 	size_t i;
 	int fd;
 
-	if (state_dir(cfg, dir, sizeof(dir)) < 0)
-		return R_SYSTEMP;
-	canonical_path(mbox, canon, sizeof(canon));
 	MD5Init(&ctx);
-	MD5Update(&ctx, (const unsigned char *)canon, strlen(canon));
+	MD5Update(&ctx, (const unsigned char *)acct->mailbox,
+	    strlen(acct->mailbox));
 	MD5Final(d, &ctx);
+	memcpy(name, "path-", 5);
 	for (i = 0; i < sizeof(d); i++) {
-		name[2 * i] = hex[d[i] >> 4];
-		name[2 * i + 1] = hex[d[i] & 15];
+		name[5 + 2 * i] = hex[d[i] >> 4];
+		name[6 + 2 * i] = hex[d[i] & 15];
 	}
-	name[2 * sizeof(d)] = '\0';
-	snprintf(path, sizeof(path), "%s/%s.lock", dir, name);
-	if ((fd = open_private(path)) < 0)
-		return R_SYSTEMP;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		close(fd);
-		return errno == EWOULDBLOCK ? R_INUSE : R_SYSTEMP;
+	name[5 + 2 * sizeof(d)] = '\0';
+	n = snprintf(link, sizeof(link), "%s/%s", st->dir, name);
+	if (n < 0 || (size_t)n >= sizeof(link))
+		return;
+	n = readlink(link, old, sizeof(old) - 1);
+	old[n > 0 ? n : 0] = '\0';
+	if (strcmp(old, st->key) == 0)
+		return;
+	if (state_key_ok(old)) {
+		if ((fd = state_flock(st, old)) == -1)
+			return;			/* a session on the old file */
+		if (journal_waits(st->dir, old)) {
+			logmsg(LOG_ERR, "%s: the journal %s/%s.journal of the "
+			    "file this path named before waits; no UPDATE "
+			    "until an administrator resolves it (README, "
+			    "Crash safety)", acct->mailbox, st->dir, old);
+			st->journal_held = 1;
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+		for (i = 0; i < 3; i++)
+			if (state_path(st->dir, old, ext[i], p, sizeof(p)))
+				(void)unlink(p);
+		if (fd >= 0)
+			close(fd);
 	}
-	if (ftruncate(fd, 0) == 0)
-		(void)write_full(fd, canon, strlen(canon));
-	*lock_fd = fd;
-	snprintf(path, sizeof(path), "%s/%s.journal", dir, name);
-	if ((*journal_fd = open_private(path)) < 0)
+	(void)snprintf(tmp, sizeof(tmp), "%s.new", link);	/* fits */
+	(void)unlink(tmp);
+	if (symlink(st->key, tmp) < 0 || rename(tmp, link) < 0)
+		logmsg(LOG_WARNING, "%s: %s", link, strerror(errno));
+}
+
+/*
+ * Takes the state of the maildrop file opened as fd (the session runs
+ * as the user): the directory, the lock, the journal, the cache (only a
+ * hint: -1 when it cannot be opened), the note the last session left (a
+ * pseudo-message first is trusted when it hid one, or when there is no
+ * note: pop3d sees this file for the first time, which began with it),
+ * and the retirement of the state of a file the path named before.
+ * Returns R_SENT, R_INUSE, R_SYSTEMP or R_NOSTATE.
+ */
+static int
+state_lock(const struct config *cfg, const struct account *acct, int fd,
+    struct state *st)
+{
+	struct stat sb;
+	char note[256];
+	ssize_t n;
+
+	if (fstat(fd, &sb) < 0)
 		return R_SYSTEMP;
-	snprintf(path, sizeof(path), "%s/%s.cache", dir, name);
-	*cache_fd = open_private(path);
+	snprintf(st->key, sizeof(st->key), "%llx-%llx",
+	    (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+	if (state_dir(cfg, acct, st) < 0) {
+		logmsg(LOG_ERR, "no usable state directory for %s (session "
+		    "lock, journal, scan cache); name one with --state-dir",
+		    acct->mailbox);
+		return R_NOSTATE;
+	}
+	if ((st->lock_fd = state_flock(st, st->key)) < 0)
+		return st->lock_fd == -1 ? R_INUSE : R_SYSTEMP;
+	n = pread(st->lock_fd, note, sizeof(note) - 1, 0);
+	note[n > 0 ? n : 0] = '\0';
+	st->pseudo_ok = n == 0 || strstr(note, "\npseudo=yes\n") != NULL;
+	if ((st->journal_fd = state_file(st, st->key, "journal")) < 0)
+		return R_SYSTEMP;
+	st->cache_fd = state_file(st, st->key, "cache");
+	state_retire(st, acct);
 	return R_SENT;
 }
 
-/* The mailbox options from the configuration. */
-static const struct mailbox_opts *
-mailbox_opts(const struct config *cfg, uid_t owner, int journal_fd,
-    int cache_fd)
+/* Leaves the note in the lock file: for admins, which account and
+ * maildrop it belongs to; for the next session, whether a pseudo-message
+ * is hidden now. */
+static void
+state_note(const struct state *st, const struct account *acct, int pseudo)
 {
-	static struct mailbox_opts o;
+	char note[PATH_MAX + 128];
+	int n = snprintf(note, sizeof(note), "user=%s uid=%lu maildrop=%s\n"
+	    "pseudo=%s\n", acct->name, (unsigned long)acct->uid,
+	    acct->mailbox, pseudo ? "yes" : "no");
 
-	o.owner = owner;
+	/* written over the old note, then cut: never an empty note, which
+	 * would read as a file not seen before */
+	if (n < 0 || (size_t)n >= sizeof(note) ||
+	    pwrite(st->lock_fd, note, (size_t)n, 0) != n ||
+	    ftruncate(st->lock_fd, n) < 0)
+		logmsg(LOG_WARNING, "%s: cannot write the state note",
+		    acct->mailbox);
+}
+
+static void
+state_close(struct state *st)
+{
+	if (st->journal_fd >= 0)
+		close(st->journal_fd);
+	if (st->cache_fd >= 0)
+		close(st->cache_fd);
+	if (st->lock_fd >= 0)
+		close(st->lock_fd);
+	st->lock_fd = st->journal_fd = st->cache_fd = -1;
+}
+
+/*
+ * Opens the account's maildrop, as a session and --list-uidl do: (root
+ * mode) the user's state directory and the privilege drop for good, then
+ * as the user the file, its state, the mailbox (completing an interrupted
+ * UPDATE) and the note.  A missing maildrop is an empty one and needs no
+ * state.  Returns R_SENT with *mbp set, or the error to answer.
+ */
+static int
+maildrop_open(const struct config *cfg, const struct account *acct,
+    struct state *st, struct mailbox **mbp)
+{
+	struct mailbox_opts o;
+	int fd, r;
+
+	if (cfg->root && state_prepare(cfg, acct) < 0)
+		return R_NOSTATE;
+	if (cfg->root && drop_privileges(acct) < 0)
+		return R_SYSTEMP;
+	if ((r = mailbox_file(acct->mailbox, &fd)) != MB_OK)
+		return r == MB_TEMP ? R_SYSTEMP : R_PERM;
+	if (fd >= 0 && (r = state_lock(cfg, acct, fd, st)) != R_SENT) {
+		close(fd);
+		return r;
+	}
+	memset(&o, 0, sizeof(o));
+	o.owner = geteuid();
 	o.mode = cfg->uidl_mode;
 	o.lock_timeout = cfg->lock_timeout;
 	o.max_messages = cfg->max_messages;
 	o.max_bytes = cfg->max_bytes;
-	o.journal_fd = journal_fd;
-	o.cache_fd = cache_fd;
-	return &o;
+	o.journal_fd = st->journal_fd;
+	o.cache_fd = st->cache_fd;
+	o.pseudo_ok = st->pseudo_ok;
+	o.journal_held = st->journal_held;
+	r = mailbox_open_fd(mbp, acct->mailbox, fd, &o);
+	if (r != MB_OK)
+		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
+		    R_PERM;
+	if (st->lock_fd >= 0)
+		state_note(st, acct, mailbox_pseudo(*mbp));
+	return R_SENT;
 }
 
 /*
- * After a successful login: session lock, privilege drop (root mode),
- * maildrop open and scan, and the +OK.  Any failure ends the session.
+ * After a successful login: the maildrop opened and scanned, and the
+ * +OK.  Any failure ends the session.
  */
 static int
 session_start(struct session *s)
 {
 	char ubuf[3 * POP3D_USER_MAX + 1];
-	uid_t owner = s->cfg->root ? s->acct.uid : geteuid();
 	unsigned n;
 	int r;
 
 	s->done = 1;
 	s->how = "aborted";
-	if ((r = maildrop_lock(s->cfg, s->acct.mailbox, &s->lock_fd,
-	    &s->journal_fd, &s->cache_fd)) != R_SENT)
+	if ((r = maildrop_open(s->cfg, &s->acct, &s->st, &s->mb)) != R_SENT)
 		return r;
-	if (s->cfg->root && drop_privileges(&s->acct) < 0)
-		return R_SYSTEMP;
-	r = mailbox_open(&s->mb, s->acct.mailbox,
-	    mailbox_opts(s->cfg, owner, s->journal_fd, s->cache_fd));
-	if (r != MB_OK)
-		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
-		    R_PERM;
 	mailbox_stat(s->mb, &n, &s->total_bytes);
 	logmsg(LOG_INFO, "mailbox loaded: user=%s messages=%u bytes=%llu "
 	    "scanned=%llu", log_user(s, ubuf, sizeof(ubuf)), n,
@@ -937,8 +1220,8 @@ login_child(struct session *s, const char *user, char *pass)
 	rec.plen = (uint32_t)strnlen(pass, POP3D_PASS_MAX);
 	memcpy(rec.user, user, rec.ulen);
 	memcpy(rec.pass, pass, rec.plen);
-	if (strlen(pass) > POP3D_PASS_MAX)
-		rec.ulen = 0;		/* refused like a wrong password */
+	if (strlen(user) > POP3D_USER_MAX || strlen(pass) > POP3D_PASS_MAX)
+		rec.ulen = 0;	/* never cut: refused like a wrong password */
 	explicit_bzero(pass, strlen(pass));
 	if (out_flush(&s->out) < 0 ||
 	    write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
@@ -1206,9 +1489,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->cfg = cfg;
 	s->rhost = rhost;
 	s->priv_fd = -1;
-	s->lock_fd = -1;
-	s->journal_fd = -1;
-	s->cache_fd = -1;
+	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = -1;
 	s->state = ST_AUTH;
 	in_init(&s->in, infd);
 	out_init(&s->out, outfd);
@@ -1224,12 +1505,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	out_flush(&s->out);
 	if (s->mb != NULL)
 		mailbox_close(s->mb);
-	if (s->journal_fd >= 0)
-		close(s->journal_fd);
-	if (s->cache_fd >= 0)
-		close(s->cache_fd);
-	if (s->lock_fd >= 0)
-		close(s->lock_fd);
+	state_close(&s->st);
 	explicit_bzero(s, sizeof(*s));
 	return status;
 }
@@ -1244,10 +1520,13 @@ list_uidl(const struct config *cfg, const char *user)
 	struct account acct;
 	struct mailbox *mb;
 	struct passwd *pw = getpwnam(user);
-	int r, lock_fd = -1, journal_fd = -1, cache_fd = -1;
+	struct state st;
 	unsigned i;
+	int r;
 
 	memset(&acct, 0, sizeof(acct));
+	memset(&st, 0, sizeof(st));
+	st.lock_fd = st.journal_fd = st.cache_fd = -1;
 	if (pw == NULL || (!cfg->root && pw->pw_uid != getuid())) {
 		fprintf(stderr, "pop3d: %s: no such user, or not you\n", user);
 		return 1;
@@ -1264,17 +1543,9 @@ list_uidl(const struct config *cfg, const char *user)
 		return 1;
 	}
 	/* as a session would: a pending UPDATE is completed first */
-	r = maildrop_lock(cfg, acct.mailbox, &lock_fd, &journal_fd, &cache_fd);
-	if (r != R_SENT) {
+	if ((r = maildrop_open(cfg, &acct, &st, &mb)) != R_SENT) {
 		fprintf(stderr, "pop3d: %s: %s\n", acct.mailbox, errtext[r]);
-		return 1;
-	}
-	if (cfg->root && drop_privileges(&acct) < 0)
-		return 1;
-	if (mailbox_open(&mb, acct.mailbox,
-	    mailbox_opts(cfg, acct.uid, journal_fd, cache_fd)) != MB_OK) {
-		fprintf(stderr, "pop3d: %s: cannot open mailbox\n",
-		    acct.mailbox);
+		state_close(&st);
 		return 1;
 	}
 	for (i = 1; i <= mailbox_count(mb); i++) {
@@ -1282,6 +1553,7 @@ list_uidl(const struct config *cfg, const char *user)
 		printf("%u %s\n", i, uid);
 	}
 	mailbox_close(mb);
+	state_close(&st);
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 

@@ -49,6 +49,10 @@
 /* Octets of a line kept to classify it (From_ line, header name, the
  * values of X-UIDL/X-UID/X-IMAP/Subject); longer lines still stream. */
 #define MBOX_HEAD_MAX		1024
+/* A From_ line longer than that (a long envelope sender) is judged by the
+ * date in its last octets: a date with zones and "remote from HOST" fits
+ * in this many. */
+#define MBOX_FROM_TAIL		256
 /* Default cap on the messages one session serves (--max-messages): 64
  * octets of struct msg each, so at most about 64 MB (128 MB while the
  * array doubles); the rest of a bigger maildrop waits for a later session. */

@@ -40,6 +40,7 @@ opts(uid_t owner, enum uidl_mode mode, int lock_timeout)
 	o.lock_timeout = lock_timeout;
 	o.journal_fd = -1;
 	o.cache_fd = -1;
+	o.pseudo_ok = 1;
 	return &o;
 }
 
@@ -393,6 +394,13 @@ static const struct fixture fixtures[] = {
 	    "\nThis text is part of the internal format of your mail folder."
 	    "\n\n" FROM2 "S: real\n\nbody\n"), MB_OK, 1,
 	    { "S: real\r\n\r\nbody\r\n" }, { 0 } },
+	/* delivered: a Received: header, so a sender's, not a server's */
+	{ "mbox/pseudo-delivered-shown", S(FROM1 "Received: from x by y; "
+	    "Wed, 24 Jan 2011 10:49:06 +0000\nSubject: FOLDER INTERNAL DATA\n"
+	    "X-IMAP: 1234567890 0000000002\n\nplanted\n\n" FROM2 "S: real\n"
+	    "\nbody\n"), MB_OK, 2, { "Received: from x by y; Wed, 24 Jan 2011 "
+	    "10:49:06 +0000\r\nSubject: FOLDER INTERNAL DATA\r\nX-IMAP: "
+	    "1234567890 0000000002\r\n\r\nplanted\r\n" }, { 0 } },
 	{ "mbox/folder-subject-only", S(FROM1 "Subject: FOLDER INTERNAL DATA"
 	    "\n\nx\n"), MB_OK, 1,
 	    { "Subject: FOLDER INTERNAL DATA\r\n\r\nx\r\n" }, { 0 } },
@@ -610,12 +618,44 @@ out:
 	result("mbox/body-run", why[0] == '\0', "%s", why);
 }
 
-/* A 3 MB line without any LF, and a 200 kB From_ line-lookalike. */
+/* Where the state does not trust a pseudo-message first (the maildrop
+ * did not begin with one when pop3d first saw it), it is shown. */
+static void
+test_pseudo_untrusted(void)
+{
+	static const char box[] = FROM1 "Date: x\nSubject: DON'T DELETE THIS "
+	    "MESSAGE -- FOLDER INTERNAL DATA\nX-IMAP: 1234567890 0000000002\n"
+	    "\ninternal\n\n" FROM2 "S: real\n\nbody\n";
+	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
+	struct mailbox *mb = NULL;
+	unsigned n[2] = { 0, 0 };
+	int r[2], k;
+
+	write_file(mbpath, box, sizeof(box) - 1);
+	for (k = 0; k < 2; k++) {
+		o.pseudo_ok = k;
+		r[k] = mailbox_open(&mb, mbpath, &o);
+		if (r[k] == MB_OK)
+			n[k] = mailbox_count(mb);
+		mailbox_close(mb);
+		mb = NULL;
+	}
+	result("mbox/pseudo-untrusted-shown", r[0] == MB_OK && r[1] == MB_OK &&
+	    n[0] == 2 && n[1] == 1, "untrusted: %d %u, trusted: %d %u",
+	    r[0], n[0], r[1], n[1]);
+	unlink(mbpath);
+}
+
+/*
+ * A 3 MB line without any LF; a 200 kB "From " line without a date (text
+ * of message 1); a 200 kB From_ line with one (a long envelope sender:
+ * it starts message 2, whose fingerprint must match the file).
+ */
 static void
 test_giant_lines(void)
 {
 	size_t big = 3 * 1024 * 1024, len;
-	char *d = malloc(big + 400000);
+	char *d = malloc(big + 500000);
 	struct mailbox *mb = NULL;
 	struct buf raw = { NULL, 0 };
 	int r;
@@ -624,16 +664,26 @@ test_giant_lines(void)
 	memcpy(d + len, "From ", 5);
 	memset(d + len + 5, 'x', 200000);
 	len += 200005;
-	len += (size_t)sprintf(d + len, " Wed Jan 24 10:49:06 2011\n\n");
+	len += (size_t)sprintf(d + len, " is not a date\n\n");
+	memcpy(d + len, "From ", 5);
+	memset(d + len + 5, 'x', 200000);
+	len += 200005;
+	len += (size_t)sprintf(d + len, " Wed Jan 24 10:49:06 2011\nS: b\n\n");
 	memset(d + len, 'y', big);
 	len += big;
 	r = open_mb(&mb, d, len, UIDL_DIGEST);
 	if (r == MB_OK)
-		r = capture(mb, 1, -1, &raw);
-	result("mbox/giant-lines", r == MB_OK && mailbox_count(mb) == 1 &&
-	    mailbox_size(mb, 1) == 8 + 5 + 200000 + 25 + 2 + 2 + big + 2 &&
-	    raw.len == mailbox_size(mb, 1) + 3, "r %d size %llu", r,
-	    mb ? (unsigned long long)mailbox_size(mb, 1) : 0ULL);
+		r = mailbox_check(mb, 2);
+	if (r == MB_OK)
+		r = capture(mb, 2, -1, &raw);
+	result("mbox/giant-lines", r == MB_OK && mailbox_count(mb) == 2 &&
+	    mailbox_size(mb, 1) == 6 + 2 + 200005 + 14 + 2 &&
+	    mailbox_size(mb, 2) == 6 + 2 + big + 2 &&
+	    raw.len == mailbox_size(mb, 2) + 3, "r %d count %u sizes %llu %llu",
+	    r, mb ? mailbox_count(mb) : 0,
+	    mb ? (unsigned long long)mailbox_size(mb, 1) : 0ULL,
+	    mb && mailbox_count(mb) > 1 ?
+	    (unsigned long long)mailbox_size(mb, 2) : 0ULL);
 	buf_free(&raw);
 	mailbox_close(mb);
 	free(d);
@@ -1532,9 +1582,10 @@ jsize(void)
 	return stat(jpath, &st) == 0 ? st.st_size : -1;
 }
 
-/* The recovery, in this process: opens with the journal. */
+/* The recovery, in this process: opens with the journal; with upd,
+ * then deletes message 1 and stores UPDATE's outcome in *upd. */
 static int
-jrecover(void)
+jrecover_update(int *upd)
 {
 	struct mailbox_opts o = *opts(getuid(), UIDL_DIGEST, 5);
 	struct mailbox *mb = NULL;
@@ -1542,9 +1593,19 @@ jrecover(void)
 
 	o.journal_fd = open(jpath, O_RDWR | O_CLOEXEC);
 	r = mailbox_open(&mb, mbpath, &o);
+	if (r == MB_OK && upd != NULL && mailbox_count(mb) > 0) {
+		mailbox_delete(mb, 1);
+		*upd = mailbox_update(mb);
+	}
 	mailbox_close(mb);
 	close(o.journal_fd);
 	return r;
+}
+
+static int
+jrecover(void)
+{
+	return jrecover_update(NULL);
 }
 
 static int
@@ -1702,8 +1763,10 @@ test_journal_double(void)
 	buf_free(&want);
 }
 
-/* Journals that must not be carried out: torn, another inode, a file
- * rewritten by another program after the crash. */
+/* Journals that must not be carried out: torn (emptied: the mailbox was
+ * never written), another inode, a file rewritten by another program
+ * after the crash (both kept as they are, and no UPDATE until an
+ * administrator looks: the journal may hold the only copy of mail). */
 static void
 test_journal_discard(void)
 {
@@ -1711,7 +1774,8 @@ test_journal_discard(void)
 	struct buf orig, want, f;
 	unsigned n, first;
 	char junk[300];
-	int r;
+	off_t js;
+	int r, u = MB_OK;
 
 	jbuild(c, &orig, &want);
 	jreset(&orig);
@@ -1737,10 +1801,12 @@ test_journal_discard(void)
 		if (rename(other, mbpath) < 0)
 			exit(2);
 	}
-	r = jrecover();
-	result("journal/other-inode", r == MB_OK && jsize() == 0 &&
-	    jequal(&f, "", 0) && n > 0, "r %d journal %lld", r,
-	    (long long)jsize());
+	js = jsize();
+	r = jrecover_update(&u);
+	result("journal/other-inode", r == MB_OK && u == MB_TEMP &&
+	    js > 0 && jsize() == js && jequal(&f, "", 0) && n > 0,
+	    "r %d update %d journal %lld (was %lld)", r, u,
+	    (long long)jsize(), (long long)js);
 	buf_free(&f);
 
 	/* kill after the first mailbox write, then another program cuts */
@@ -1750,9 +1816,12 @@ test_journal_discard(void)
 	if (truncate(mbpath, 100) < 0)
 		exit(2);
 	f = read_file(mbpath);
-	r = jrecover();
-	result("journal/rewritten", r == MB_OK && jsize() == 0 &&
-	    jequal(&f, "", 0), "r %d journal %lld", r, (long long)jsize());
+	js = jsize();
+	u = MB_OK;
+	r = jrecover_update(&u);
+	result("journal/rewritten", r == MB_OK && u == MB_TEMP && js > 0 &&
+	    jsize() == js && jequal(&f, "", 0), "r %d update %d journal %lld "
+	    "(was %lld)", r, u, (long long)jsize(), (long long)js);
 	buf_free(&f);
 	buf_free(&orig);
 	buf_free(&want);
@@ -2148,6 +2217,7 @@ main(int argc, char **argv)
 	test_block_boundaries();
 	test_body_run();
 	test_giant_lines();
+	test_pseudo_untrusted();
 	test_dele_rset();
 	for (i = 0; i < sizeof(top_cases) / sizeof(top_cases[0]); i++)
 		test_top(&top_cases[i]);

@@ -139,7 +139,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	char uid[POP3D_UIDL_MAX + 1];
 	struct mailbox_opts o = { .owner = getuid(), .mode = UIDL_DIGEST,
 	    .lock_timeout = 1, .journal_fd = -1,
-	    .cache_fd = -1 };
+	    .cache_fd = -1, .pseudo_ok = 1 };
 	struct mailbox_opts oc = o;
 	struct mailbox *mb;
 	uint64_t want;

@@ -17,7 +17,7 @@ Short form (make check): every point, both ways, on a 20-message maildrop
 4.5 MiB message (several 4 MiB chunks, journaled data); full disk at every
 point of one pattern.  STRESS=1: every pattern, every point, both sizes.
 """
-import hashlib
+import glob
 import os
 import re
 import shutil
@@ -70,11 +70,16 @@ class Crash:
         self.mbox = os.path.join(self.case, "mail", env.user)
         self.state = os.path.join(self.case, "state")
         self.log = os.path.join(self.case, "mail", "faults.log")
-        self.journal = os.path.join(
-            self.state, hashlib.md5(self.mbox.encode()).hexdigest() + ".journal")
         self.chunks = chunks(BIG if big is True else big)
         self.orig = b"".join(self.chunks)
         self.nerr = 0
+
+    @property
+    def journal(self):
+        """The account's journal (named by pop3d: one per account), or a
+        name that does not exist before the first session."""
+        found = glob.glob(os.path.join(self.state, "*.journal"))
+        return found[0] if found else os.path.join(self.state, "none.journal")
 
     def reset(self):
         with open(self.mbox, "wb") as f:
