@@ -250,6 +250,39 @@ def replaced_journal(h, name):
         raise h.Fail("no log line for the administrator")
 
 
+def replaced_collected(h, name):
+    """The maildrop is replaced (a new inode) with no journal waiting: the
+    next session removes the old file's state; one set per maildrop."""
+    env = h.ENV
+    case = env.new_case("user")
+    mbox = os.path.join(case, "mail", env.user)
+    state = os.path.join(case, "state")
+    argv = env.argv("user", case)
+    sets = []
+    for k in range(3):
+        new = mbox + ".new"
+        shutil.copy(os.path.join(h.FIX, "seed.mbox"), new)
+        chown(new, env.u1)
+        os.rename(new, mbox)
+        s = start(h, argv, env.session_env(), case, "%d" % k)
+        s.queue(login_lines(h) + b"STAT\r\nQUIT\r\n")
+        expect(h, s, b"+OK pop3d ready.", "greeting")
+        expect(h, s, b"+OK", "USER")
+        expect(h, s, b"+OK Logged in.", "PASS")
+        expect(h, s, b"+OK 3 2086", "STAT")
+        expect(h, s, b"+OK Logging out.", "QUIT")
+        finish(h, s, "session %d" % k)
+        sets.append(sorted(os.listdir(state)))
+    st = os.stat(mbox)
+    key = "%x-%x" % (st.st_dev, st.st_ino)
+    want = sorted([key + ".cache", key + ".journal", key + ".lock"] +
+                  [f for f in sets[-1] if f.startswith("path-")])
+    if len([f for f in sets[-1] if f.startswith("path-")]) != 1 or \
+            sets[-1] != want:
+        raise h.Fail("state after three files at one path: %s (want the "
+                     "set of %s and one path link)" % (sets, key))
+
+
 # ------------------------------------------------------------- by hand
 
 def by_hand(h, name, how):
@@ -336,6 +369,7 @@ def tests(h):
         SEED = f.read()
     cases = [("state/swap-loop/root", swap_loop, ()),
              ("state/replaced-journal-kept", replaced_journal, ()),
+             ("state/replaced-collected", replaced_collected, ()),
              ("state/by-hand-beside-maildrop", by_hand, ("beside-maildrop",)),
              ("state/by-hand-xdg-tmp-squatted", by_hand, ("xdg",)),
              ("state/by-hand-nowhere", by_hand, ("nowhere",))]
