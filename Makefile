@@ -166,6 +166,14 @@ memcheck:
 
 .PHONY: stress memcheck
 
+# Deliberate bugs kept as tests/mutants/*.mut, one per promise: each is
+# planted in a scratch copy and run against the cases that should catch
+# it; the target fails when one survives.  As root; not part of CI.
+mutants:
+	$(PYTHON) tests/mutants/run
+
+.PHONY: mutants
+
 # Static analysis: cppcheck and clang-tidy over the daemon's sources; any
 # finding fails.  Each suppressed check, with its reason:
 #  - missingIncludeSystem: cppcheck does not need the system headers.

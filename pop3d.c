@@ -760,17 +760,17 @@ state_prepare(const struct config *cfg, const struct account *acct)
 /*
  * Is parent/leaf a directory of ours alone (made, when create, if
  * missing)?  parent must be ours or root's and writable by no one else,
- * so that no other user can have made or replaced leaf.  Returns 0 with
- * buf set, or -1.
+ * so that no other user can have made or replaced leaf (unless the user
+ * named it herself: parent_any).  Returns 0 with buf set, or -1.
  */
 static int
-own_dir(const char *parent, const char *leaf, int create, char *buf,
-    size_t size)
+own_dir(const char *parent, const char *leaf, int create, int parent_any,
+    char *buf, size_t size)
 {
 	int n;
 
 	if (parent == NULL || parent[0] != '/' ||
-	    !dir_closed(parent, geteuid(), 1))
+	    (!parent_any && !dir_closed(parent, geteuid(), 1)))
 		return -1;
 	n = snprintf(buf, size, "%s/%s", strcmp(parent, "/") == 0 ? "" :
 	    parent, leaf);
@@ -847,7 +847,8 @@ journal_waits(const char *dir, const char *key)
  * this file (a killed session left it there), else the first candidate
  * that is, or can be made, ours alone; root mode makes none but its own.
  * Never a directory that another user could have made first (such as a
- * fixed name in /tmp).  Returns 0, or -1.
+ * fixed name in /tmp), unless the user named it with --state-dir: then
+ * only the directory itself must be hers alone.  Returns 0, or -1.
  */
 static int
 state_dir(const struct config *cfg, const struct account *acct,
@@ -856,12 +857,14 @@ state_dir(const struct config *cfg, const struct account *acct,
 	char parent[STATE_CANDS][PATH_MAX], leaf[STATE_CANDS][64];
 	int n = state_candidates(cfg, acct, parent, leaf), i;
 
+	int any = !cfg->root && cfg->state_dir != NULL;	/* named by hand */
+
 	for (i = 0; i < n; i++)
-		if (own_dir(parent[i], leaf[i], 0, st->dir,
+		if (own_dir(parent[i], leaf[i], 0, any, st->dir,
 		    sizeof(st->dir)) == 0 && journal_waits(st->dir, st->key))
 			return 0;
 	for (i = 0; i < (cfg->root ? 1 : n); i++)
-		if (own_dir(parent[i], leaf[i], 1, st->dir,
+		if (own_dir(parent[i], leaf[i], 1, any, st->dir,
 		    sizeof(st->dir)) == 0)
 			return 0;
 	return -1;

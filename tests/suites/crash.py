@@ -179,9 +179,26 @@ class Crash:
         except PermissionError:
             pass
 
+    def journal_order(self):
+        """The write-ahead rule, from the log of a whole UPDATE: nothing is
+        written to the mailbox while a journal write is not yet fsynced
+        (a kill cannot show a missing fsync; a power cut would)."""
+        dirty = None
+        with open(self.log) as f:
+            for line in f:
+                n, call, path = line.split()[:3]
+                if path.endswith(".journal"):
+                    dirty = None if "sync" in call else \
+                        dirty or "%s %s" % (n, call)
+                elif path == self.mbox and "sync" not in call and dirty:
+                    raise self.h.Fail("mailbox %s at point %s while the "
+                                      "journal's %s was not fsynced"
+                                      % (call, n, dirty))
+
     def count_points(self, dels):
         self.reset()
         out, rc, err = self.dele_session(dels, {})
+        self.journal_order()
         n, first = self.points()
         want, count = self.expected(dels)
         with open(self.mbox, "rb") as f:
