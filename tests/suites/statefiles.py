@@ -44,6 +44,21 @@ def expect(h, s, want, what):
         raise h.Fail("%s: got %r, expected %r" % (what, got, want))
 
 
+def logged_in(h, s):
+    """Expects the greeting and a successful USER/PASS."""
+    expect(h, s, b"+OK pop3d ready.", "greeting")
+    expect(h, s, b"+OK", "USER")
+    expect(h, s, b"+OK Logged in.", "PASS")
+
+
+def replace_maildrop(h, mbox, owner):
+    """Puts a fresh seed.mbox in place of mbox: a new file (inode)."""
+    new = mbox + ".new"
+    shutil.copy(os.path.join(h.FIX, "seed.mbox"), new)
+    chown(new, owner)
+    os.rename(new, mbox)
+
+
 def finish(h, s, what):
     s.close_in()
     if s.read_rest() is None or s.wait() is None:
@@ -226,15 +241,10 @@ def replaced_journal(h, name):
         raise h.Fail("want one waiting journal, found %s" % journals)
     jsize = os.path.getsize(journals[0])
     # The admin (or a program) replaces the maildrop with a new file.
-    new = mbox + ".new"
-    shutil.copy(os.path.join(h.FIX, "seed.mbox"), new)
-    chown(new, env.u1)
-    os.rename(new, mbox)
+    replace_maildrop(h, mbox, env.u1)
     s = start(h, argv, env.session_env(), case, "after")
     s.queue(login_lines(h) + b"STAT\r\nDELE 1\r\nQUIT\r\n")
-    expect(h, s, b"+OK pop3d ready.", "greeting")
-    expect(h, s, b"+OK", "USER")
-    expect(h, s, b"+OK Logged in.", "PASS")
+    logged_in(h, s)
     expect(h, s, b"+OK 3 2086", "STAT")
     expect(h, s, b"+OK Marked to be deleted.", "DELE 1")
     expect(h, s, b"-ERR [SYS/TEMP] Could not update the mailbox; "
@@ -260,15 +270,10 @@ def replaced_collected(h, name):
     argv = env.argv("user", case)
     sets = []
     for k in range(3):
-        new = mbox + ".new"
-        shutil.copy(os.path.join(h.FIX, "seed.mbox"), new)
-        chown(new, env.u1)
-        os.rename(new, mbox)
+        replace_maildrop(h, mbox, env.u1)
         s = start(h, argv, env.session_env(), case, "%d" % k)
         s.queue(login_lines(h) + b"STAT\r\nQUIT\r\n")
-        expect(h, s, b"+OK pop3d ready.", "greeting")
-        expect(h, s, b"+OK", "USER")
-        expect(h, s, b"+OK Logged in.", "PASS")
+        logged_in(h, s)
         expect(h, s, b"+OK 3 2086", "STAT")
         expect(h, s, b"+OK Logging out.", "QUIT")
         finish(h, s, "session %d" % k)
@@ -343,9 +348,7 @@ def by_hand(h, name, how):
             raise h.Fail("no journal in %s" % want_state)
         s = start(h, argv, senv, case, "2")
         s.queue(login_lines(h) + b"STAT\r\nQUIT\r\n")
-        expect(h, s, b"+OK pop3d ready.", "greeting")
-        expect(h, s, b"+OK", "USER")
-        expect(h, s, b"+OK Logged in.", "PASS")
+        logged_in(h, s)
         expect(h, s, b"+OK 2 1585", "STAT after the recovery")
         expect(h, s, b"+OK Logging out.", "QUIT")
         finish(h, s, "session")
