@@ -1944,6 +1944,10 @@ test_cap_update(void)
 #define CACHEMORE "\n\n" FROM2 "Message-ID: <4@x>\n\nnew\n\n" \
 	FROM1 "Message-ID: <5@x>\n\nnewer\n"
 
+/* Three messages, the second's body line given (61 octets with its LF). */
+#define OLDENDBOX(line) FROM2 "Message-ID: <1@x>\n\nA\n\n" FROM1 \
+	"Message-ID: <2@x>\n\n" line "\n" FROM2 "Message-ID: <3@x>\n\nlast\n"
+
 static char cachepath[140];
 
 /* Opens mbpath, with the cache when cfd >= 0; *snap gets the listing
@@ -2131,6 +2135,17 @@ test_cache(void)
 	    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 	    "\n\n" CACHEBOX));
 	cache_case("cache/rewritten-longer", cfd, 0);
+
+	/* a body line of a cached message rewritten in place, same length,
+	 * into a blank line and a From_ line (a new message there), then
+	 * mail appended: only the digest of the old end tells */
+	write_file(mbpath, S(OLDENDBOX("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+	    "xxxxxxxxxxxxxxxxxxxxx\n")));
+	cache_prime(cfd);
+	write_file(mbpath, S(OLDENDBOX("\nFrom a@b Wed Jan 24 10:49:06 2011\n"
+	    "zzzzzzzzzzzzzzzzzzzzzzzzz\n")));
+	append_file(mbpath, S(CACHEMORE));
+	cache_case("cache/old-end-rewritten", cfd, 0);
 
 	write_file(mbpath, S(CACHEBOX));
 	cache_prime(cfd);
