@@ -1594,6 +1594,12 @@ cache_load(struct mailbox *mb, const struct stat *st, off_t *resume,
 	return NULL;
 }
 
+void
+mailbox_hold_update(struct mailbox *mb)
+{
+	mb->journal_held = 1;
+}
+
 int
 mailbox_pseudo(const struct mailbox *mb)
 {
@@ -1610,7 +1616,7 @@ mailbox_scanned_octets(const struct mailbox *mb)
 
 /* The checks on the opened file: regular, the owner's, one link. */
 static int
-mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
+file_ok(const char *path, const struct stat *st, uid_t owner)
 {
 	const char *why = NULL;
 
@@ -1622,7 +1628,7 @@ mailbox_stat_ok(struct mailbox *mb, const struct stat *st, uid_t owner)
 		why = "has more than one link";
 	if (why == NULL)
 		return 1;
-	logmsg(LOG_ERR, "%s: %s", mb->path, why);
+	logmsg(LOG_ERR, "%s: %s", path, why);
 	return 0;
 }
 
@@ -1663,7 +1669,7 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 	if (fstat(mb->fd, &st) < 0 || lstat(mb->path, &lst) < 0) {
 		logmsg(LOG_ERR, "%s: stat: %s", mb->path, strerror(errno));
 		r = MB_TEMP;
-	} else if (!mailbox_stat_ok(mb, &st, owner))
+	} else if (!file_ok(mb->path, &st, owner))
 		r = MB_PERM;
 	else if (lst.st_dev != st.st_dev || lst.st_ino != st.st_ino) {
 		logmsg(LOG_NOTICE, "%s: replaced while opening", mb->path);
@@ -1692,22 +1698,32 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 }
 
 int
-mailbox_file(const char *path, int *fd)
+mailbox_file(const char *path, uid_t owner, int *fd)
 {
+	struct stat st;
+
 	*fd = open(path, O_RDWR | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC |
 	    O_NONBLOCK);
-	if (*fd >= 0 || errno == ENOENT)
-		return MB_OK;		/* ENOENT: an empty maildrop */
-	logmsg(LOG_ERR, "%s: open: %s", path, strerror(errno));
-	return (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
-	    errno == EINTR || errno == EIO) ? MB_TEMP : MB_PERM;
+	if (*fd < 0 && errno == ENOENT)
+		return MB_OK;		/* an empty maildrop */
+	if (*fd < 0) {
+		logmsg(LOG_ERR, "%s: open: %s", path, strerror(errno));
+		return (errno == EMFILE || errno == ENFILE ||
+		    errno == ENOMEM || errno == EINTR || errno == EIO) ?
+		    MB_TEMP : MB_PERM;
+	}
+	if (fstat(*fd, &st) == 0 && file_ok(path, &st, owner))
+		return MB_OK;
+	close(*fd);
+	*fd = -1;
+	return MB_PERM;
 }
 
 int
 mailbox_open(struct mailbox **mbp, const char *path,
     const struct mailbox_opts *o)
 {
-	int fd, r = mailbox_file(path, &fd);
+	int fd, r = mailbox_file(path, o->owner, &fd);
 
 	*mbp = NULL;
 	return r != MB_OK ? r : mailbox_open_fd(mbp, path, fd, o);
@@ -1732,7 +1748,6 @@ mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	mb->journal_fd = o->journal_fd;
 	mb->cache_fd = o->cache_fd;
 	mb->pseudo_ok = o->pseudo_ok;
-	mb->journal_held = o->journal_held;
 	mb->path = xstrdup(path);
 	mb->lockpath = xmalloc(len + sizeof(".lock"));
 	memcpy(mb->lockpath, path, len);
@@ -1746,7 +1761,7 @@ mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	if (fstat(mb->fd, &st) < 0) {
 		logmsg(LOG_ERR, "%s: fstat: %s", path, strerror(errno));
 		r = MB_TEMP;
-	} else if (!mailbox_stat_ok(mb, &st, o->owner))
+	} else if (!file_ok(mb->path, &st, o->owner))
 		r = MB_PERM;
 	else if (st.st_size == 0 && journal_idle(mb)) {
 		/* Nothing to read and no update to finish: no locks (in
@@ -2710,6 +2725,25 @@ plan_gen(struct plan *p, uint64_t gen, uint64_t base, uint64_t ext,
 	return plan_seal(p);
 }
 
+/* Does the file hold data at pos?  (A file cut after the final record
+ * holds that record's data, written and synced before the cut.) */
+static int
+file_holds(struct mailbox *mb, uint64_t pos, const unsigned char *data,
+    uint64_t len)
+{
+	while (len > 0) {
+		size_t n = min_size(POP3D_BLOCK, len);
+
+		if (read_at(mb->fd, mb->buf, n, (off_t)pos) != (ssize_t)n ||
+		    memcmp(mb->buf, data, n) != 0)
+			return 0;
+		pos += n;
+		data += n;
+		len -= n;
+	}
+	return 1;
+}
+
 /*
  * Reads the journal into u: header, plan, the newest valid record.
  * Returns NULL, or why the journal is not one to carry out.
@@ -2794,7 +2828,8 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
  *   before old, which no write of the plan touches) tells whether the file
  *   was cut: a file at least old long with the digest intact was not, and
  *   [old, end) is new mail; a file cut after the record D = final (the
- *   only time it can be) needs nothing but that record's data, and any
+ *   only time it can be) needs nothing but that record's data, which it
+ *   then holds (else the file was rewritten since, see below), and any
  *   mail after final is in place.  A file that is neither was rewritten
  *   by another program after the crash: it is left alone and the journal
  *   kept, as above.
@@ -2833,7 +2868,8 @@ journal_recover(struct mailbox *mb, struct stat *st)
 		int intact = z >= p->old && plan_tail(mb, p, d) == 0 &&
 		    memcmp(d, p->tail, sizeof(d)) == 0;
 
-		cut = !intact && u.redo == p->final && z >= p->final;
+		cut = !intact && u.redo == p->final && z >= p->final &&
+		    (!have || file_holds(mb, rec.pos, u.buf, rec.len));
 		if (!intact && !cut)
 			why = "the mailbox was rewritten by another program "
 			    "after the interrupted update; left as it is";

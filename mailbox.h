@@ -33,8 +33,6 @@ struct mailbox_opts {
 	int		 cache_fd;	/* scan cache (a hint), or -1 */
 	int		 pseudo_ok;	/* the state trusts a UW/Dovecot
 					 * pseudo-message first: hide it */
-	int		 journal_held;	/* a journal of this maildrop's
-					 * former file waits: no UPDATE */
 };
 
 /*
@@ -47,10 +45,10 @@ int	mailbox_open(struct mailbox **mbp, const char *path,
 	    const struct mailbox_opts *o);
 /* The two halves of mailbox_open, for a caller that names its state
  * after the opened file: mailbox_file() opens path (as the user) and
- * returns MB_OK with *fd set (-1 when there is no file) or MB_PERM /
- * MB_TEMP; mailbox_open_fd() takes over that fd (or -1) and does the
- * rest. */
-int	mailbox_file(const char *path, int *fd);
+ * checks it as mailbox_open does; it returns MB_OK with *fd set (-1 when
+ * there is no file) or MB_PERM / MB_TEMP.  mailbox_open_fd() takes over
+ * that fd (or -1) and does the rest. */
+int	mailbox_file(const char *path, uid_t owner, int *fd);
 int	mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	    const struct mailbox_opts *o);
 void	mailbox_close(struct mailbox *);
@@ -69,6 +67,9 @@ void		mailbox_uidl(const struct mailbox *, unsigned n,
 		    char buf[POP3D_UIDL_MAX + 1]);
 /* Bytes and messages retrieved, deleted: for the session summary. */
 
+/* From now on, mailbox_update() refuses (MB_TEMP): a journal of the
+ * file this maildrop's path named before waits for an administrator. */
+void		mailbox_hold_update(struct mailbox *);
 /* Is a pseudo-message hidden at the start of the file?  1 or 0. */
 int		mailbox_pseudo(const struct mailbox *);
 

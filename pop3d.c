@@ -89,6 +89,7 @@ struct state {
 	char	dir[PATH_MAX];
 	char	key[STATE_KEY_MAX];	/* DEV-INO, hex */
 	int	lock_fd, journal_fd, cache_fd;	/* -1: not open */
+	int	wait_fd;	/* the lock where a waiting journal was left */
 	int	pseudo_ok;	/* the note trusts a pseudo-message first */
 	int	journal_held;	/* the former file's journal waits */
 };
@@ -653,26 +654,43 @@ session_loop(struct session *s)
 
 /* ---- privileges and locks --------------------------------------------- */
 
+/* The gid of group mail, which can write every spool; -1 if none. */
+static gid_t
+mail_gid(void)
+{
+	const struct group *mail = getgrnam("mail");
+
+	return mail ? mail->gr_gid : (gid_t)-1;
+}
+
+/* May a session run as acct?  Never as uid 0 or with gid 0 or mail.
+ * Returns 1, or 0 (logged). */
+static int
+account_servable(const struct account *acct)
+{
+	if (acct->uid != 0 && acct->gid != 0 && acct->gid != mail_gid())
+		return 1;
+	logmsg(LOG_ERR, "refusing to serve uid %lu gid %lu",
+	    (unsigned long)acct->uid, (unsigned long)acct->gid);
+	return 0;
+}
+
 /*
  * Becomes the user of acct for good: supplementary groups without gid
  * mail, then gid, then uid, and checks that root cannot come back.
- * Returns 0, or -1 when the account must not be served (uid 0, gid mail).
+ * Returns 0, or -1 when the account must not be served.
  */
 static int
 drop_privileges(const struct account *acct)
 {
-	const struct group *mail = getgrnam("mail");
-	gid_t mailgid = mail ? mail->gr_gid : (gid_t)-1;
+	gid_t mailgid = mail_gid();
 	long max = sysconf(_SC_NGROUPS_MAX);
 	int ng = max > 0 && max < 65536 ? (int)max : 65536, i, k;
-	gid_t *groups = xreallocarray(NULL, (size_t)ng, sizeof(gid_t));
+	gid_t *groups;
 
-	if (acct->uid == 0 || acct->gid == 0 || acct->gid == mailgid) {
-		logmsg(LOG_ERR, "refusing to serve uid %lu gid %lu",
-		    (unsigned long)acct->uid, (unsigned long)acct->gid);
-		free(groups);
+	if (!account_servable(acct))
 		return -1;
-	}
+	groups = xreallocarray(NULL, (size_t)ng, sizeof(gid_t));
 	if (getgrouplist(acct->system_name, acct->gid, groups, &ng) < 0)
 		fatalx("too many groups for %s", acct->system_name);
 	for (i = k = 0; i < ng; i++)
@@ -706,6 +724,7 @@ drop_privileges(const struct account *acct)
  * an administrator looks).  So a user's directory holds one set of files
  * per maildrop, plus journals that wait.
  */
+
 /* Is path a directory that no one but owner (or root, when root_ok)
  * can change? */
 static int
@@ -720,8 +739,9 @@ dir_closed(const char *path, uid_t owner, int root_ok)
 
 /*
  * Root mode, before the privilege drop: the system state directory
- * (--state-dir or POP3D_STATE_DIR: root's, searchable, not listable) and
- * in it UID/, the user's own.  Returns 0, or -1.
+ * (--state-dir or POP3D_STATE_DIR: root's, writable by no one else; made
+ * 0711 when missing, and searchable) and in it UID/, the user's own.
+ * Returns 0, or -1.
  */
 static int
 state_prepare(const struct config *cfg, const struct account *acct)
@@ -731,8 +751,8 @@ state_prepare(const struct config *cfg, const struct account *acct)
 	struct stat st;
 	int fd, n;
 
-	if (mkdir(base, 0711) < 0 && errno != EEXIST)
-		return -1;
+	if (mkdir(base, 0711) == 0)
+		(void)chmod(base, 0711);		/* umask 077 */
 	if (!dir_closed(base, 0, 0) || lstat(base, &st) < 0 ||
 	    ((st.st_mode & 0111) != 0111 &&
 	    chmod(base, (st.st_mode & 07777) | 0111) < 0)) {
@@ -757,117 +777,95 @@ state_prepare(const struct config *cfg, const struct account *acct)
 	return -1;
 }
 
-/*
- * Is parent/leaf a directory of ours alone (made, when create, if
- * missing)?  parent must be ours or root's and writable by no one else,
- * so that no other user can have made or replaced leaf (unless the user
- * named it herself: parent_any).  Returns 0 with buf set, or -1.
- */
-static int
-own_dir(const char *parent, const char *leaf, int create, int parent_any,
-    char *buf, size_t size)
-{
-	int n;
+/* A place for state: parent/leaf. */
+struct cand {
+	char	parent[PATH_MAX];
+	char	leaf[64];
+	int	primary;	/* may hold the lock (and be made) */
+};
 
-	if (parent == NULL || parent[0] != '/' ||
-	    (!parent_any && !dir_closed(parent, geteuid(), 1)))
-		return -1;
-	n = snprintf(buf, size, "%s/%s", strcmp(parent, "/") == 0 ? "" :
-	    parent, leaf);
-	if (n < 0 || (size_t)n >= size ||
-	    (create && mkdir(buf, 0700) < 0 && errno != EEXIST))
-		return -1;
-	return dir_closed(buf, geteuid(), 0) ? 0 : -1;
+#define STATE_CANDS	5
+
+static void
+cand_set(struct cand *c, const char *parent, const char *leaf, int primary)
+{
+	snprintf(c->parent, sizeof(c->parent), "%s", parent);
+	snprintf(c->leaf, sizeof(c->leaf), "%s", leaf);
+	c->primary = primary;
 }
 
-#define STATE_CANDS	4
+/* dir as a place for state: UID/ in it when it is root's (the system
+ * layout), else the directory itself. */
+static void
+cand_layout(struct cand *c, const char *dir, const struct account *acct,
+    int primary)
+{
+	char uid[32], *slash;
+
+	snprintf(uid, sizeof(uid), "%lu", (unsigned long)acct->uid);
+	cand_set(c, dir, uid, primary);
+	if (!dir_closed(dir, 0, 0) && (slash = strrchr(c->parent, '/'))) {
+		snprintf(c->leaf, sizeof(c->leaf), "%s", slash + 1);
+		slash[slash == c->parent] = '\0';	/* "/x" -> "/" */
+	}
+}
 
 /*
- * Where a maildrop's state may live, as (parent, leaf) pairs, in order.
- * --state-dir names the only one (root's: its UID/ as in root mode; else
- * the directory itself).  Otherwise: UID/ in POP3D_STATE_DIR (made by
- * root mode: run by hand, the user shares it), .pop3d in the passwd
- * entry's home, pop3d in $XDG_STATE_HOME (user mode), .pop3d-state beside
- * the maildrop.  Returns the count.
+ * Where a maildrop's state may live, in order.  The lock lives in the
+ * first primary place that works: with --state-dir only that one; as
+ * root, UID/ in POP3D_STATE_DIR; run by hand, UID/ in POP3D_STATE_DIR
+ * (made by root mode: the two modes then share it), .pop3d in the passwd
+ * entry's home (not $HOME, which su and setpriv may leave at /root),
+ * pop3d in $XDG_STATE_HOME, .pop3d-state beside the maildrop.  Every
+ * place, primary or not, is searched for a journal a killed session left.
+ * Returns the count.
  */
 static int
 state_candidates(const struct config *cfg, const struct account *acct,
-    char parent[STATE_CANDS][PATH_MAX], char leaf[STATE_CANDS][64])
+    struct cand *c)
 {
-	const char *base = cfg->state_dir ? cfg->state_dir : POP3D_STATE_DIR;
 	const struct passwd *pw = getpwuid(geteuid());
 	const char *xdg = getenv("XDG_STATE_HOME");
-	char *slash;
-	int k = 0;
+	int named = cfg->state_dir != NULL, mine = !named && !cfg->root, k = 0;
+	char dir[PATH_MAX], *slash;
 
-	snprintf(parent[k], PATH_MAX, "%s", base);
-	snprintf(leaf[k], 64, "%lu", (unsigned long)acct->uid);
-	if (cfg->state_dir != NULL && !dir_closed(base, 0, 0) &&
-	    (slash = strrchr(parent[k], '/')) != NULL) {
-		snprintf(leaf[k], 64, "%s", slash + 1);
-		*slash = '\0';			/* the directory itself */
-		if (parent[k][0] == '\0')
-			snprintf(parent[k], PATH_MAX, "/");
-	}
-	if (cfg->state_dir != NULL)
-		return 1;
-	k++;
-	if (pw != NULL) {
-		snprintf(parent[k], PATH_MAX, "%s", pw->pw_dir);
-		snprintf(leaf[k++], 64, ".pop3d");
-	}
-	if (!cfg->root && xdg != NULL) {
-		snprintf(parent[k], PATH_MAX, "%s", xdg);
-		snprintf(leaf[k++], 64, "pop3d");
-	}
-	snprintf(parent[k], PATH_MAX, "%s", acct->mailbox);
-	if ((slash = strrchr(parent[k], '/')) != NULL) {
-		*slash = '\0';
-		if (parent[k][0] == '\0')
-			snprintf(parent[k], PATH_MAX, "/");
-		snprintf(leaf[k++], 64, ".pop3d-state");
+	if (named)
+		cand_layout(&c[k++], cfg->state_dir, acct, 1);
+	if (!named || strcmp(cfg->state_dir, POP3D_STATE_DIR) != 0)
+		cand_layout(&c[k++], POP3D_STATE_DIR, acct, !named);
+	if (pw != NULL && pw->pw_dir[0] == '/')
+		cand_set(&c[k++], pw->pw_dir, ".pop3d", mine);
+	if (xdg != NULL && xdg[0] == '/' && !cfg->root)
+		cand_set(&c[k++], xdg, "pop3d", mine);
+	snprintf(dir, sizeof(dir), "%s", acct->mailbox);
+	if ((slash = strrchr(dir, '/')) != NULL) {
+		slash[slash == dir] = '\0';
+		cand_set(&c[k++], dir, ".pop3d-state", mine);
 	}
 	return k;
 }
 
-/* Does dir hold a journal of key that waits? */
-static int
-journal_waits(const char *dir, const char *key)
-{
-	char path[PATH_MAX];
-	struct stat st;
-	int n = snprintf(path, sizeof(path), "%s/%s.journal", dir, key);
-
-	return n > 0 && (size_t)n < sizeof(path) && lstat(path, &st) == 0 &&
-	    S_ISREG(st.st_mode) && st.st_size > 0;
-}
-
 /*
- * Picks st->dir for st->key: a candidate that holds a waiting journal of
- * this file (a killed session left it there), else the first candidate
- * that is, or can be made, ours alone; root mode makes none but its own.
- * Never a directory that another user could have made first (such as a
- * fixed name in /tmp), unless the user named it with --state-dir: then
- * only the directory itself must be hers alone.  Returns 0, or -1.
+ * Is the place c a directory of ours alone (made, when create, if
+ * missing)?  Its parent must be ours or root's and writable by no one
+ * else, so that no other user can have made or replaced it (unless the
+ * user named it herself with --state-dir: named).  Returns 0 with buf
+ * set, or -1.
  */
 static int
-state_dir(const struct config *cfg, const struct account *acct,
-    struct state *st)
+cand_dir(const struct cand *c, int create, int named, char *buf,
+    size_t size)
 {
-	char parent[STATE_CANDS][PATH_MAX], leaf[STATE_CANDS][64];
-	int n = state_candidates(cfg, acct, parent, leaf), i;
+	int n;
 
-	int any = !cfg->root && cfg->state_dir != NULL;	/* named by hand */
-
-	for (i = 0; i < n; i++)
-		if (own_dir(parent[i], leaf[i], 0, any, st->dir,
-		    sizeof(st->dir)) == 0 && journal_waits(st->dir, st->key))
-			return 0;
-	for (i = 0; i < (cfg->root ? 1 : n); i++)
-		if (own_dir(parent[i], leaf[i], 1, any, st->dir,
-		    sizeof(st->dir)) == 0)
-			return 0;
-	return -1;
+	if (!named && !dir_closed(c->parent, geteuid(), 1))
+		return -1;
+	n = snprintf(buf, size, "%s/%s", strcmp(c->parent, "/") == 0 ? "" :
+	    c->parent, c->leaf);
+	if (n < 0 || (size_t)n >= size ||
+	    (create && mkdir(buf, 0700) < 0 && errno != EEXIST))
+		return -1;
+	return dir_closed(buf, geteuid(), 0) ? 0 : -1;
 }
 
 /* dir/key.ext as a path. */
@@ -880,23 +878,34 @@ state_path(const char *dir, const char *key, const char *ext, char *buf,
 	return n > 0 && (size_t)n < size ? buf : NULL;
 }
 
+/* Does dir hold a journal of key that waits? */
+static int
+journal_waits(const char *dir, const char *key)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	return state_path(dir, key, "journal", path, sizeof(path)) != NULL &&
+	    lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
+}
+
 /* Opens (creating) a state file: a regular file of ours with one link.
  * Returns the fd or -1. */
 static int
-state_file(const struct state *st, const char *key, const char *ext)
+state_file(const char *dir, const char *key, const char *ext)
 {
 	char path[PATH_MAX];
 	struct stat sb;
 	int fd = -1;
 
-	if (state_path(st->dir, key, ext, path, sizeof(path)) != NULL)
+	if (state_path(dir, key, ext, path, sizeof(path)) != NULL)
 		fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NOCTTY |
 		    O_CLOEXEC, 0600);
 	if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
 	    sb.st_nlink == 1 && sb.st_uid == geteuid())
 		return fd;
-	logmsg(LOG_ERR, "%s/%s.%s: unsafe or unusable state file", st->dir,
-	    key, ext);
+	logmsg(LOG_ERR, "%s/%s.%s: unsafe or unusable state file", dir, key,
+	    ext);
 	if (fd >= 0)
 		close(fd);
 	return -1;
@@ -909,16 +918,16 @@ state_file(const struct state *st, const char *key, const char *ext)
  * holds it (EWOULDBLOCK), or -2.
  */
 static int
-state_flock(const struct state *st, const char *key)
+state_flock(const char *dir, const char *key)
 {
 	char path[PATH_MAX];
 	struct stat a, b;
 	int fd, tries;
 
-	if (state_path(st->dir, key, "lock", path, sizeof(path)) == NULL)
+	if (state_path(dir, key, "lock", path, sizeof(path)) == NULL)
 		return -2;
 	for (tries = 0; tries < 3; tries++) {
-		if ((fd = state_file(st, key, "lock")) < 0)
+		if ((fd = state_file(dir, key, "lock")) < 0)
 			return -2;
 		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 			close(fd);
@@ -942,19 +951,19 @@ state_key_ok(const char *key)
 }
 
 /*
- * The path of this maildrop named another file last time (replaced since):
- * removes that file's state, or, when its journal waits, keeps it and
- * holds back UPDATE; leaves it while another session holds it.  Then
- * points path-DIGEST at our key.
+ * The path of this maildrop named another file last time (replaced
+ * since): removes that file's state under its lock, or, when its journal
+ * waits, keeps it and holds back UPDATE; leaves it alone while another
+ * session holds it, or on any error.  Then points path-DIGEST at our key.
  */
 static void
 state_retire(struct state *st, const struct account *acct)
 {
 	static const char hex[] = "0123456789abcdef";
+	static const char *const ext[] = { "cache", "journal", "lock" };
 	char link[PATH_MAX], tmp[PATH_MAX + 8], old[STATE_KEY_MAX];
 	char name[8 + 2 * MD5_DIGEST_LENGTH], p[PATH_MAX];
 	unsigned char d[MD5_DIGEST_LENGTH];
-	const char *const ext[] = { "cache", "journal", "lock" };
 	MD5_CTX ctx;
 	ssize_t n;
 	size_t i;
@@ -978,23 +987,21 @@ state_retire(struct state *st, const struct account *acct)
 	if (strcmp(old, st->key) == 0)
 		return;
 	if (state_key_ok(old)) {
-		if ((fd = state_flock(st, old)) == -1)
-			return;			/* a session on the old file */
+		if ((fd = state_flock(st->dir, old)) < 0)
+			return;		/* a session on the old file, or trouble */
 		if (journal_waits(st->dir, old)) {
 			logmsg(LOG_ERR, "%s: the journal %s/%s.journal of the "
 			    "file this path named before waits; no UPDATE "
 			    "until an administrator resolves it (README, "
-			    "Crash safety)", acct->mailbox, st->dir, old);
+			    "State files)", acct->mailbox, st->dir, old);
 			st->journal_held = 1;
-			if (fd >= 0)
-				close(fd);
+			close(fd);
 			return;
 		}
 		for (i = 0; i < 3; i++)
 			if (state_path(st->dir, old, ext[i], p, sizeof(p)))
 				(void)unlink(p);
-		if (fd >= 0)
-			close(fd);
+		close(fd);
 	}
 	(void)snprintf(tmp, sizeof(tmp), "%s.new", link);	/* fits */
 	(void)unlink(tmp);
@@ -1003,54 +1010,72 @@ state_retire(struct state *st, const struct account *acct)
 }
 
 /*
- * Takes the state of the maildrop file opened as fd (the session runs
- * as the user): the directory, the lock, the journal, the cache (only a
- * hint: -1 when it cannot be opened), the note the last session left (a
- * pseudo-message first is trusted when it hid one, or when there is no
- * note: pop3d sees this file for the first time, which began with it),
- * and the retirement of the state of a file the path named before.
- * Returns R_SENT, R_INUSE, R_SYSTEMP or R_NOSTATE.
+ * Takes the state of the maildrop file opened as fd (the session runs as
+ * the user): the lock, in the first primary place that works; the
+ * journal, from any place where a killed session left one of this file
+ * (then under that place's lock too), else the lock's place; the cache
+ * (only a hint: -1 when it cannot be opened); and the note the last
+ * session left.  Returns R_SENT, R_INUSE, R_SYSTEMP or R_NOSTATE.
  */
 static int
 state_lock(const struct config *cfg, const struct account *acct, int fd,
     struct state *st)
 {
+	struct cand c[STATE_CANDS];
+	int n = state_candidates(cfg, acct, c), named = !cfg->root &&
+	    cfg->state_dir != NULL, i;
+	char jdir[PATH_MAX], note[64];
 	struct stat sb;
-	char note[256];
-	ssize_t n;
+	ssize_t got;
 
 	if (fstat(fd, &sb) < 0)
 		return R_SYSTEMP;
 	snprintf(st->key, sizeof(st->key), "%llx-%llx",
 	    (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
-	if (state_dir(cfg, acct, st) < 0) {
+	for (i = 0; i < n; i++)
+		if (c[i].primary && cand_dir(&c[i], 1, named, st->dir,
+		    sizeof(st->dir)) == 0)
+			break;
+	if (i == n) {
 		logmsg(LOG_ERR, "no usable state directory for %s (session "
 		    "lock, journal, scan cache); name one with --state-dir",
 		    acct->mailbox);
 		return R_NOSTATE;
 	}
-	if ((st->lock_fd = state_flock(st, st->key)) < 0)
+	if ((st->lock_fd = state_flock(st->dir, st->key)) < 0)
 		return st->lock_fd == -1 ? R_INUSE : R_SYSTEMP;
-	n = pread(st->lock_fd, note, sizeof(note) - 1, 0);
-	note[n > 0 ? n : 0] = '\0';
-	st->pseudo_ok = n == 0 || strstr(note, "\npseudo=yes\n") != NULL;
-	if ((st->journal_fd = state_file(st, st->key, "journal")) < 0)
+	got = pread(st->lock_fd, note, sizeof(note) - 1, 0);
+	note[got > 0 ? got : 0] = '\0';
+	st->pseudo_ok = got == 0 || strncmp(note, "pseudo=yes\n", 11) == 0;
+	snprintf(jdir, sizeof(jdir), "%s", st->dir);
+	for (i = 0; i < n && !journal_waits(st->dir, st->key); i++) {
+		if (cand_dir(&c[i], 0, named, jdir, sizeof(jdir)) < 0 ||
+		    strcmp(jdir, st->dir) == 0 || !journal_waits(jdir, st->key))
+			continue;
+		if ((st->wait_fd = state_flock(jdir, st->key)) < 0)
+			return st->wait_fd == -1 ? R_INUSE : R_SYSTEMP;
+		logmsg(LOG_NOTICE, "%s: completing the journal a killed session "
+		    "left in %s", acct->mailbox, jdir);
+		break;
+	}
+	if (st->wait_fd < 0)
+		snprintf(jdir, sizeof(jdir), "%s", st->dir);
+	if ((st->journal_fd = state_file(jdir, st->key, "journal")) < 0)
 		return R_SYSTEMP;
-	st->cache_fd = state_file(st, st->key, "cache");
-	state_retire(st, acct);
+	st->cache_fd = state_file(st->dir, st->key, "cache");
 	return R_SENT;
 }
 
-/* Leaves the note in the lock file: for admins, which account and
- * maildrop it belongs to; for the next session, whether a pseudo-message
- * is hidden now. */
+/* Leaves the note in the lock file: for the next session, whether a
+ * pseudo-message is hidden now (first, so that a short read finds it);
+ * for admins, which account and maildrop it belongs to. */
 static void
 state_note(const struct state *st, const struct account *acct, int pseudo)
 {
 	char note[PATH_MAX + 128];
-	int n = snprintf(note, sizeof(note), "user=%s uid=%lu maildrop=%s\n"
-	    "pseudo=%s\n", acct->name, (unsigned long)acct->uid,
-	    acct->mailbox, pseudo ? "yes" : "no");
+	int n = snprintf(note, sizeof(note), "pseudo=%s\nuser=%s uid=%lu "
+	    "maildrop=%s\n", pseudo ? "yes" : "no", acct->name,
+	    (unsigned long)acct->uid, acct->mailbox);
 
 	/* written over the old note, then cut: never an empty note, which
 	 * would read as a file not seen before */
@@ -1064,21 +1089,25 @@ state_note(const struct state *st, const struct account *acct, int pseudo)
 static void
 state_close(struct state *st)
 {
-	if (st->journal_fd >= 0)
-		close(st->journal_fd);
-	if (st->cache_fd >= 0)
-		close(st->cache_fd);
-	if (st->lock_fd >= 0)
-		close(st->lock_fd);
-	st->lock_fd = st->journal_fd = st->cache_fd = -1;
+	int *fds[] = { &st->journal_fd, &st->cache_fd, &st->wait_fd,
+	    &st->lock_fd };
+	size_t i;
+
+	for (i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (*fds[i] >= 0) {
+			close(*fds[i]);
+			*fds[i] = -1;
+		}
 }
 
 /*
  * Opens the account's maildrop, as a session and --list-uidl do: (root
  * mode) the user's state directory and the privilege drop for good, then
- * as the user the file, its state, the mailbox (completing an interrupted
- * UPDATE) and the note.  A missing maildrop is an empty one and needs no
- * state.  Returns R_SENT with *mbp set, or the error to answer.
+ * as the user the file (checked: a regular file of the user's, one
+ * link), its state, the mailbox (completing an interrupted UPDATE), the
+ * retirement of a former file's state and the note.  A missing maildrop
+ * is an empty one and needs no state.  Returns R_SENT with *mbp set, or
+ * the error to answer.
  */
 static int
 maildrop_open(const struct config *cfg, const struct account *acct,
@@ -1087,11 +1116,10 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	struct mailbox_opts o;
 	int fd, r;
 
-	if (cfg->root && state_prepare(cfg, acct) < 0)
-		return R_NOSTATE;
-	if (cfg->root && drop_privileges(acct) < 0)
+	if (cfg->root && (!account_servable(acct) ||
+	    state_prepare(cfg, acct) < 0 || drop_privileges(acct) < 0))
 		return R_SYSTEMP;
-	if ((r = mailbox_file(acct->mailbox, &fd)) != MB_OK)
+	if ((r = mailbox_file(acct->mailbox, geteuid(), &fd)) != MB_OK)
 		return r == MB_TEMP ? R_SYSTEMP : R_PERM;
 	if (fd >= 0 && (r = state_lock(cfg, acct, fd, st)) != R_SENT) {
 		close(fd);
@@ -1106,13 +1134,16 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	o.journal_fd = st->journal_fd;
 	o.cache_fd = st->cache_fd;
 	o.pseudo_ok = st->pseudo_ok;
-	o.journal_held = st->journal_held;
 	r = mailbox_open_fd(mbp, acct->mailbox, fd, &o);
 	if (r != MB_OK)
 		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
 		    R_PERM;
-	if (st->lock_fd >= 0)
+	if (st->lock_fd >= 0) {
+		state_retire(st, acct);
+		if (st->journal_held)
+			mailbox_hold_update(*mbp);
 		state_note(st, acct, mailbox_pseudo(*mbp));
+	}
 	return R_SENT;
 }
 
@@ -1492,7 +1523,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->cfg = cfg;
 	s->rhost = rhost;
 	s->priv_fd = -1;
-	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = -1;
+	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
 	s->state = ST_AUTH;
 	in_init(&s->in, infd);
 	out_init(&s->out, outfd);
@@ -1529,7 +1560,7 @@ list_uidl(const struct config *cfg, const char *user)
 
 	memset(&acct, 0, sizeof(acct));
 	memset(&st, 0, sizeof(st));
-	st.lock_fd = st.journal_fd = st.cache_fd = -1;
+	st.lock_fd = st.journal_fd = st.cache_fd = st.wait_fd = -1;
 	if (pw == NULL || (!cfg->root && pw->pw_uid != getuid())) {
 		fprintf(stderr, "pop3d: %s: no such user, or not you\n", user);
 		return 1;

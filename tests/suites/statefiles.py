@@ -363,6 +363,74 @@ def by_hand(h, name, how):
             shutil.rmtree("/tmp/pop3d-%d" % eve.pw_uid, ignore_errors=True)
 
 
+def two_places(h, name):
+    """A journal left in one place (beside the maildrop), sessions whose
+    first place is another ($XDG_STATE_HOME): the first completes the
+    journal under both places' locks; while it runs, a second session, in
+    either environment, gets [IN-USE]."""
+    env = h.ENV
+    eve = env.u1
+    case = env.new_case("user")
+    shutil.rmtree("/var/lib/pop3d/state/%d" % eve.pw_uid, ignore_errors=True)
+    d = os.path.join(case, "own")
+    os.mkdir(d)
+    os.chmod(d, 0o700)
+    chown(d, eve)
+    xdg = os.path.join(case, "xdg")
+    os.mkdir(xdg)
+    os.chmod(xdg, 0o700)
+    chown(xdg, eve)
+    mbox = os.path.join(d, eve.pw_name)
+    shutil.copy(os.path.join(h.FIX, "seed.mbox"), mbox)
+    chown(mbox, eve)
+    argv = user_argv(h, case, os.path.join(d, "%u"))
+    beside = env.session_env()
+    with_xdg = dict(beside, XDG_STATE_HOME=xdg)
+    killed_update(h, case, argv, mbox, beside)
+    a = start(h, argv, with_xdg, case, "a")
+    a.queue(login_lines(h) + b"STAT\r\n")
+    logged_in(h, a)
+    expect(h, a, b"+OK 2 1585", "STAT after the recovery")
+    for tag, e in (("b", with_xdg), ("c", beside)):
+        b = start(h, argv, e, case, tag)
+        b.queue(login_lines(h))
+        expect(h, b, b"+OK pop3d ready.", "greeting " + tag)
+        expect(h, b, b"+OK", "USER " + tag)
+        expect(h, b, b"-ERR [IN-USE] Mailbox is in use by another session.",
+               "PASS %s while the first session runs" % tag)
+        finish(h, b, tag)
+    a.queue(b"QUIT\r\n")
+    expect(h, a, b"+OK Logging out.", "QUIT")
+    finish(h, a, "a")
+
+
+def long_path_note(h, name):
+    """The note that remembers a hidden pseudo-message is read whole,
+    however long the maildrop path written beside it."""
+    env = h.ENV
+    case = env.new_case("user")
+    d = os.path.join(case, "mail")
+    for i in range(4):
+        d = os.path.join(d, "%d" % i + "d" * 60)
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+        chown(d, env.u1)
+    mbox = os.path.join(d, env.user)
+    shutil.copy(os.path.join(h.FIX, "uw.mbox"), mbox)
+    chown(mbox, env.u1)
+    argv = env.argv("user", case, ["--mailbox", os.path.join(d, "%u")])
+    stats = []
+    for k in range(3):
+        s = start(h, argv, env.session_env(), case, "%d" % k)
+        s.queue(login_lines(h) + b"STAT\r\nQUIT\r\n")
+        logged_in(h, s)
+        stats.append(s.readline())
+        expect(h, s, b"+OK Logging out.", "QUIT")
+        finish(h, s, "session %d" % k)
+    if len(set(stats)) != 1:
+        raise h.Fail("STAT changed between sessions: %s" % stats)
+
+
 def tests(h):
     global SEED
     # the fault shim and memcheck do not mix
@@ -375,7 +443,9 @@ def tests(h):
              ("state/replaced-collected", replaced_collected, ()),
              ("state/by-hand-beside-maildrop", by_hand, ("beside-maildrop",)),
              ("state/by-hand-xdg-tmp-squatted", by_hand, ("xdg",)),
-             ("state/by-hand-nowhere", by_hand, ("nowhere",))]
+             ("state/by-hand-nowhere", by_hand, ("nowhere",)),
+             ("state/by-hand-two-places-one-lock", two_places, ()),
+             ("state/note-long-path", long_path_note, ())]
     for name, fn, args in cases:
         if not h.wanted(name):
             continue
