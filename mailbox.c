@@ -1472,7 +1472,9 @@ cache_sane(const struct cache_hdr *h, const struct msg *m, size_t n)
 }
 
 /* A blank line at end, then a valid From_ line at resume that fits the
- * scanner's head[] (as the scanner requires to see one there). */
+ * scanner's head[].  A longer one (judged by its date at its end) is
+ * valid too, but not checked here: the cache then goes unused, and the
+ * full scan costs only time. */
 static int
 cache_resume_ok(struct mailbox *mb, off_t end, off_t resume)
 {
