@@ -898,8 +898,9 @@ uidl_base(const struct mailbox *mb, unsigned i, char *buf)
 	}
 	if (mb->mode == UIDL_XUID && (m->flags & MSG_XUID) &&
 	    mb->uidvalidity != 0) {
-		/* Dovecot's default pop3_uidl_format %08Xu%08Xv */
-		snprintf(buf, POP3D_UIDL_MAX + 1, "%08X%08X",
+		/* Dovecot's default pop3_uidl_format %08Xu%08Xv: its X
+		 * gives lowercase hex */
+		snprintf(buf, POP3D_UIDL_MAX + 1, "%08x%08x",
 		    (unsigned)m->xuid, (unsigned)mb->uidvalidity);
 		return 16;
 	}

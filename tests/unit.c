@@ -888,10 +888,10 @@ static const struct uidl_case uidl_cases[] = {
 	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 0000000009\n"
 	    "X-UID: 3\n\nb\n\n" FROM2 "X-UID: 4294967295\n\n" FROM2
 	    "X-UID: 4294967296\n\n" FROM2 "X-UID: 7x\n\n",
-	    { "00000003499602D2", "FFFFFFFF499602D2", NULL, "=3-2" } },
+	    { "00000003499602d2", "ffffffff499602d2", NULL, "=3-2" } },
 	{ "uidl/xuid-pseudo", UIDL_XUID, FROM1 "Subject: FOLDER INTERNAL "
 	    "DATA\nX-IMAP: 0000000042 0000000009\n\ninternal\n\n" FROM2
-	    "X-UID: 10\n\n", { "0000000A0000002A" } },
+	    "X-UID: 10\n\n", { "0000000a0000002a" } },
 	{ "uidl/xuid-no-uidvalidity", UIDL_XUID, FROM1 "X-UID: 3\n\n",
 	    { NULL } },
 };
