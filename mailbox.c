@@ -72,6 +72,7 @@ struct mailbox {
 	unsigned	 live;		/* messages not deleted */
 	uint64_t	 live_octets;
 	uint32_t	 uidvalidity;	/* from X-IMAPbase:/X-IMAP:, 0: none */
+	uint32_t	 uidlast;	/* the same header's last UID, 0: none */
 	int		 pseudo;	/* hidden pseudo-message at offset 0 */
 	uint64_t	 pseudo_fp;
 	uint32_t	 pseudo_fp_len;
@@ -400,8 +401,16 @@ scan_header_values(struct scan *sc, const unsigned char *h, size_t n,
 		if (hdr_is(h, n, "X-IMAP:"))
 			sc->ximap = 1;
 		vn = hdr_value(h, n, h[6] == ':' ? 7 : 11, &v);
-		if (sc->first && sc->mb->uidvalidity == 0)
+		if (sc->first && sc->mb->uidvalidity == 0) {
+			size_t k = 0;
+
 			sc->mb->uidvalidity = parse_u32(v, vn, 0);
+			while (k < vn && v[k] >= '0' && v[k] <= '9')
+				k++;
+			while (k < vn && (v[k] == ' ' || v[k] == '\t'))
+				k++;
+			sc->mb->uidlast = parse_u32(v + k, vn - k, 0);
+		}
 	} else if (hdr_is(h, n, "Subject:")) {
 		if (memmem(h, n, "FOLDER INTERNAL DATA", 20) != NULL)
 			sc->folder = 1;
@@ -1130,6 +1139,33 @@ uid_find(const struct mailbox *mb, const struct uid_set *set, const char *s,
 }
 
 /*
+ * Drops the X-UID values that UW and Dovecot would not take either (they
+ * give such a message a new UID and rewrite the header): one not above
+ * the last valid one before it, or above the folder's last UID.  Such
+ * values come from senders, in mail delivered after the old server last
+ * ran; those messages get the digest instead, which no later deletion
+ * changes (a copied X-UID would get a suffix that one could).
+ */
+static void
+uidl_xuid_order(struct mailbox *mb)
+{
+	uint32_t last = 0;
+	unsigned i;
+
+	for (i = 0; i < mb->count; i++) {
+		struct msg *m = &mb->msgs[i];
+
+		if (!(m->flags & MSG_XUID))
+			continue;
+		if (m->xuid <= last ||
+		    (mb->uidlast != 0 && m->xuid > mb->uidlast))
+			m->flags &= ~(uint32_t)MSG_XUID;
+		else
+			last = m->xuid;
+	}
+}
+
+/*
  * Makes every id unique: the first message with an id keeps it, later
  * ones get "-2", "-3", ... in file order, skipping any id that another
  * message has or got.
@@ -1142,6 +1178,8 @@ mailbox_uidl_unique(struct mailbox *mb)
 	size_t slots = 16, n, at;
 	unsigned i, dups = 0;
 
+	if (mb->mode == UIDL_XUID)
+		uidl_xuid_order(mb);
 	while (slots < 2 * ((size_t)mb->count + 1))
 		slots *= 2;
 	set.slot = xreallocarray(NULL, slots, sizeof(*set.slot));

@@ -886,13 +886,23 @@ static const struct uidl_case uidl_cases[] = {
 	    "45678901234567-2" }, NULL },
 	{ "uidl/xuidl-off-in-digest-mode", UIDL_DIGEST, XU("abc"),
 	    { NULL }, NULL },
-	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 0000000009\n"
+	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 4294967295\n"
 	    "X-UID: 3\n\nb\n\n" FROM2 "X-UID: 4294967295\n\n" FROM2
 	    "X-UID: 4294967296\n\n" FROM2 "X-UID: 7x\n\n",
 	    { "00000003499602d2", "ffffffff499602d2", NULL, "=3-2" }, NULL },
 	{ "uidl/xuid-pseudo", UIDL_XUID, FROM1 "Subject: FOLDER INTERNAL "
-	    "DATA\nX-IMAP: 0000000042 0000000009\n\ninternal\n\n" FROM2
+	    "DATA\nX-IMAP: 0000000042 0000000010\n\ninternal\n\n" FROM2
 	    "X-UID: 10\n\n", { "0000000a0000002a" }, NULL },
+	/* Values UW and Dovecot would renumber: not above the last valid
+	 * one (2, then 1), above the folder's last UID (6 > 5). */
+	{ "uidl/xuid-order", UIDL_XUID, FROM1 "X-IMAPbase: 7 0000000005\n"
+	    "X-UID: 2\n\n" FROM2 "Message-ID: <a>\nX-UID: 2\n\n" FROM2
+	    "Message-ID: <b>\nX-UID: 1\n\n" FROM2 "X-UID: 5\n\n" FROM2
+	    "Message-ID: <c>\nX-UID: 6\n\n",
+	    { "0000000200000007", NULL, NULL, "0000000500000007", NULL }, NULL },
+	{ "uidl/xuid-no-last", UIDL_XUID, FROM1 "X-IMAPbase: 7\nX-UID: 9\n\n"
+	    FROM2 "X-UID: 4000000000\n\n",
+	    { "0000000900000007", "ee6b280000000007" }, NULL },
 	/* --uidl-format: Dovecot's pop3_uidl_format syntax. */
 	{ "uidl/format-v.u", UIDL_XUID, FROM1 "X-IMAPbase: 1796620950 300\n"
 	    "X-UID: 255\n\n", { "1796620950.255" }, "%v.%u" },
