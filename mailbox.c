@@ -941,7 +941,7 @@ uidl_var_parse(const char **p, struct uidl_var *v)
 			break;
 	}
 	if (*s == 'u' || *s == 'v') {
-		v->c = *s;
+		v->c = *s == 'u' ? 'u' : 'v';
 		*p = s + 1;
 	}
 }
