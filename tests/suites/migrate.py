@@ -563,8 +563,10 @@ def check(h, case, mode, old, what, fmt=None, skip_first=False):
     the counts of exceptions.  skip_first: the old server listed UW's
     pseudo-message as message 1, which pop3d hides."""
     mine = list_uidl(h, case, mode, fmt)
-    digests = ids(list_uidl(h, case, "digest", state="state-digest"))
     old_ids = ids(old)[1:] if skip_first else ids(old)
+    digests = old_ids           # only read where an id is invalid
+    if not all(valid_id(u) for u in old_ids):
+        digests = ids(list_uidl(h, case, "digest", state="state-digest"))
     counts = {}
     diff(pop3d_rule(old_ids, digests, counts), mine, what)
     return counts
