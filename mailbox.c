@@ -53,6 +53,7 @@ struct mailbox {
 	int		 locked;
 	int		 lock_timeout;
 	enum uidl_mode	 mode;
+	const char	*uidl_format;	/* UIDL_XUID ids: the template */
 	unsigned	 max_messages;	/* scan no further */
 	uint64_t	 max_bytes;	/* octets as STAT counts; 0: none */
 	int		 journal_fd;	/* UPDATE journal, or -1 */
@@ -72,6 +73,7 @@ struct mailbox {
 	unsigned	 live;		/* messages not deleted */
 	uint64_t	 live_octets;
 	uint32_t	 uidvalidity;	/* from X-IMAPbase:/X-IMAP:, 0: none */
+	uint32_t	 uidlast;	/* the same header's last UID, 0: none */
 	int		 pseudo_ok;	/* a pseudo-message first may be hidden */
 	int		 pseudo;	/* hidden pseudo-message at offset 0 */
 	uint64_t	 pseudo_fp;
@@ -410,8 +412,16 @@ scan_header_values(struct scan *sc, const unsigned char *h, size_t n,
 		if (hdr_is(h, n, "X-IMAP:"))
 			sc->ximap = 1;
 		vn = hdr_value(h, n, h[6] == ':' ? 7 : 11, &v);
-		if (sc->first && sc->mb->uidvalidity == 0)
+		if (sc->first && sc->mb->uidvalidity == 0) {
+			size_t k = 0;
+
 			sc->mb->uidvalidity = parse_u32(v, vn, 0);
+			while (k < vn && v[k] >= '0' && v[k] <= '9')
+				k++;
+			while (k < vn && (v[k] == ' ' || v[k] == '\t'))
+				k++;
+			sc->mb->uidlast = parse_u32(v + k, vn - k, 0);
+		}
 	} else if (hdr_is(h, n, "Subject:")) {
 		if (memmem(h, n, "FOLDER INTERNAL DATA", 20) != NULL)
 			sc->folder = 1;
@@ -974,6 +984,147 @@ mailbox_tail(struct mailbox *mb)
 
 /* ---- UIDL ----------------------------------------------------------- */
 
+/*
+ * X-UID ids follow a template in the syntax of Dovecot's pop3_uidl_format,
+ * so that a site writes what its old server was configured with: %u the
+ * X-UID, %v the UIDVALIDITY, %% a percent sign, other characters as they
+ * are.  Between the % and the letter, as Dovecot reads them: a 0 and a
+ * width pad with zeros to that width; a width alone cuts the value to
+ * that many characters; modifiers in order: X hexadecimal (lowercase), U
+ * and L upper and lower case (only hex digits have a case).  Dovecot's
+ * other variables (%m, %f, %g) come from its index, not from the file.
+ */
+struct uidl_var {
+	int		 c;		/* 'u', 'v', '%'; 0: not supported */
+	unsigned	 width;
+	int		 zero, hex, upper;
+};
+
+/* Parses the variable after a '%' at *p and moves *p past it. */
+static void
+uidl_var_parse(const char **p, struct uidl_var *v)
+{
+	const char *s = *p;
+
+	memset(v, 0, sizeof(*v));
+	if (*s == '%') {
+		v->c = '%';
+		*p = s + 1;
+		return;
+	}
+	if (*s == '0') {
+		v->zero = 1;
+		s++;
+	}
+	for (; *s >= '0' && *s <= '9'; s++) {
+		v->width = v->width * 10 + (unsigned)(*s - '0');
+		if (v->width > POP3D_UIDL_MAX)
+			return;
+	}
+	for (;; s++) {
+		if (*s == 'X' && !v->hex)
+			v->hex = 1;
+		else if (*s == 'U')
+			v->upper = v->hex;
+		else if (*s == 'L')
+			v->upper = 0;
+		else
+			break;
+	}
+	if (*s == 'u' || *s == 'v') {
+		v->c = *s == 'u' ? 'u' : 'v';
+		*p = s + 1;
+	}
+}
+
+/* Writes variable v with value x at buf; returns its length (at most
+ * POP3D_UIDL_MAX). */
+static size_t
+uidl_var_put(const struct uidl_var *v, uint32_t x, char *buf)
+{
+	static const char lower[] = "0123456789abcdef";
+	static const char upper[] = "0123456789ABCDEF";
+	const char *digits = v->upper ? upper : lower;
+	unsigned base = v->hex ? 16 : 10;
+	char num[16];
+	size_t n = 0, pad = 0, len, k;
+
+	do {				/* least significant first */
+		num[n++] = digits[x % base];
+		x /= base;
+	} while (x != 0);
+	len = n;
+	if (v->zero && v->width > n)
+		pad = v->width - n;
+	else if (!v->zero && v->width > 0 && v->width < n)
+		len = v->width;		/* Dovecot keeps the leading digits */
+	memset(buf, '0', pad);
+	for (k = 0; k < len; k++)
+		buf[pad + k] = num[n - 1 - k];
+	return pad + len;
+}
+
+/* The id of a message with X-UID uid under uidvalidity, as template fmt
+ * (checked) gives it.  Returns its length. */
+static size_t
+uidl_xuid(const char *fmt, uint32_t uid, uint32_t uidvalidity, char *buf)
+{
+	struct uidl_var v;
+	size_t n = 0;
+
+	while (*fmt != '\0') {
+		if (n >= POP3D_UIDL_MAX)
+			fatalx("uidl format too long");	/* not checked */
+		if (*fmt != '%') {
+			buf[n++] = *fmt++;
+			continue;
+		}
+		fmt++;
+		uidl_var_parse(&fmt, &v);
+		if (v.c == '%')
+			buf[n++] = '%';
+		else if (v.c != 0 && n + (v.width > 10 ? v.width : 10) <=
+		    POP3D_UIDL_MAX)
+			n += uidl_var_put(&v, v.c == 'u' ? uid : uidvalidity,
+			    buf + n);
+		else
+			fatalx("uidl format not checked");
+	}
+	buf[n] = '\0';
+	return n;
+}
+
+int
+mailbox_uidl_format_check(const char *fmt)
+{
+	struct uidl_var v;
+	size_t most = 0;
+	int uid = 0;
+
+	while (*fmt != '\0') {
+		if (*fmt != '%') {
+			if (*fmt < 0x21 || *fmt > 0x7e)
+				return -1;	/* no space or control */
+			fmt++;
+			most++;
+			continue;
+		}
+		fmt++;
+		uidl_var_parse(&fmt, &v);
+		if (v.c == 0)
+			return -1;
+		uid |= v.c == 'u';
+		if (v.c == '%')
+			most++;
+		else if (v.zero)
+			most += v.width > 10 ? v.width : 10;
+		else
+			most += v.width > 0 && v.width < 10 ? v.width : 10;
+	}
+	/* Without %u every message would get the same id. */
+	return uid && most <= POP3D_UIDL_MAX ? 0 : -1;
+}
+
 /* The id of message i before duplicates are told apart. */
 static size_t
 uidl_base(const struct mailbox *mb, unsigned i, char *buf)
@@ -988,12 +1139,9 @@ uidl_base(const struct mailbox *mb, unsigned i, char *buf)
 		return k;
 	}
 	if (mb->mode == UIDL_XUID && (m->flags & MSG_XUID) &&
-	    mb->uidvalidity != 0) {
-		/* Dovecot's default pop3_uidl_format %08Xu%08Xv */
-		snprintf(buf, POP3D_UIDL_MAX + 1, "%08X%08X",
-		    (unsigned)m->xuid, (unsigned)mb->uidvalidity);
-		return 16;
-	}
+	    mb->uidvalidity != 0)
+		return uidl_xuid(mb->uidl_format, m->xuid, mb->uidvalidity,
+		    buf);
 	for (k = 0; k < 8; k++) {
 		buf[2 * k] = hex[m->digest[k] >> 4];
 		buf[2 * k + 1] = hex[m->digest[k] & 15];
@@ -1082,6 +1230,33 @@ uid_find(const struct mailbox *mb, const struct uid_set *set, const char *s,
 }
 
 /*
+ * Drops the X-UID values that UW and Dovecot would not take either (they
+ * give such a message a new UID and rewrite the header): one not above
+ * the last valid one before it, or above the folder's last UID.  Such
+ * values come from senders, in mail delivered after the old server last
+ * ran; those messages get the digest instead, which no later deletion
+ * changes (a copied X-UID would get a suffix that one could).
+ */
+static void
+uidl_xuid_order(struct mailbox *mb)
+{
+	uint32_t last = 0;
+	unsigned i;
+
+	for (i = 0; i < mb->count; i++) {
+		struct msg *m = &mb->msgs[i];
+
+		if (!(m->flags & MSG_XUID))
+			continue;
+		if (m->xuid <= last ||
+		    (mb->uidlast != 0 && m->xuid > mb->uidlast))
+			m->flags &= ~(uint32_t)MSG_XUID;
+		else
+			last = m->xuid;
+	}
+}
+
+/*
  * Makes every id unique: the first message with an id keeps it, later
  * ones get "-2", "-3", ... in file order, skipping any id that another
  * message has or got.
@@ -1094,6 +1269,8 @@ mailbox_uidl_unique(struct mailbox *mb)
 	size_t slots = 16, n, at;
 	unsigned i, dups = 0;
 
+	if (mb->mode == UIDL_XUID)
+		uidl_xuid_order(mb);
 	while (slots < 2 * ((size_t)mb->count + 1))
 		slots *= 2;
 	set.slot = xreallocarray(NULL, slots, sizeof(*set.slot));
@@ -1744,6 +1921,7 @@ mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	*mbp = NULL;
 	memset(mb, 0, sizeof(*mb));
 	mb->mode = o->mode;
+	mb->uidl_format = o->uidl_format ? o->uidl_format : POP3D_UIDL_FORMAT;
 	mb->lock_timeout = o->lock_timeout;
 	mb->max_messages = o->max_messages ? o->max_messages : MBOX_MAX_MESSAGES;
 	mb->max_bytes = o->max_bytes;

@@ -26,6 +26,7 @@ enum {
 struct mailbox_opts {
 	uid_t		 owner;		/* the file must belong to this uid */
 	enum uidl_mode	 mode;
+	const char	*uidl_format;	/* UIDL_XUID ids; NULL: the default */
 	int		 lock_timeout;	/* seconds, total, for both locks */
 	unsigned	 max_messages;	/* 0: MBOX_MAX_MESSAGES */
 	uint64_t	 max_bytes;	/* 0: no limit */
@@ -62,6 +63,10 @@ uint64_t	mailbox_size(const struct mailbox *, unsigned n);
 int		mailbox_is_deleted(const struct mailbox *, unsigned n);
 void		mailbox_delete(struct mailbox *, unsigned n);
 void		mailbox_reset(struct mailbox *);
+/* Checks an X-UID id template (--uidl-format; the syntax of Dovecot's
+ * pop3_uidl_format, see mailbox.c).  Returns 0, or -1 when pop3d does
+ * not support it or its ids could be invalid. */
+int		mailbox_uidl_format_check(const char *fmt);
 /* Writes the unique-id of message n (1..70 printable octets) into buf. */
 void		mailbox_uidl(const struct mailbox *, unsigned n,
 		    char buf[POP3D_UIDL_MAX + 1]);

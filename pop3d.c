@@ -1128,6 +1128,7 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	memset(&o, 0, sizeof(o));
 	o.owner = geteuid();
 	o.mode = cfg->uidl_mode;
+	o.uidl_format = cfg->uidl_format;
 	o.lock_timeout = cfg->lock_timeout;
 	o.max_messages = cfg->max_messages;
 	o.max_bytes = cfg->max_bytes;
@@ -1606,6 +1607,8 @@ usage(int status)
 "  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
 "  --fail-delay MS        delay after a failed login (default %d)\n"
 "  --uidl MODE            digest, x-uidl or x-uid (default digest)\n"
+"  --uidl-format TEMPLATE x-uid ids as Dovecot's pop3_uidl_format: %%u, %%v\n"
+"                         (default %s)\n"
 "  --max-messages N       serve at most the first N messages (default %u)\n"
 "  --max-bytes N          serve at most N octets, whole messages (default 0:\n"
 "                         no limit); the rest waits for a later session\n"
@@ -1615,7 +1618,7 @@ usage(int status)
 "  -h, --help             print this help and exit\n",
 	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_STATE_DIR,
 	    POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT, POP3D_FAIL_DELAY_MS,
-	    MBOX_MAX_MESSAGES);
+	    POP3D_UIDL_FORMAT, MBOX_MAX_MESSAGES);
 	exit(status);
 }
 
@@ -1647,6 +1650,7 @@ main(int argc, char **argv)
 		{ "lock-timeout", required_argument, NULL, 'l' },
 		{ "fail-delay",	  required_argument, NULL, 'f' },
 		{ "uidl",	  required_argument, NULL, 'i' },
+		{ "uidl-format",  required_argument, NULL, 'X' },
 		{ "max-messages", required_argument, NULL, 'M' },
 		{ "max-bytes",	  required_argument, NULL, 'B' },
 		{ "list-uidl",	  required_argument, NULL, 'u' },
@@ -1703,6 +1707,16 @@ main(int argc, char **argv)
 				usage(2);
 			}
 			break;
+		case 'X':
+			if (mailbox_uidl_format_check(optarg) < 0) {
+				fprintf(stderr, "pop3d: --uidl-format: %%u, "
+				    "%%v with 0, a width, X, U or L, %%%%, "
+				    "printable characters; at most %d in "
+				    "all\n", POP3D_UIDL_MAX);
+				usage(2);
+			}
+			cfg.uidl_format = optarg;
+			break;
 		case 'M':
 			cfg.max_messages = (unsigned)option_number(
 			    "max-messages", optarg, 1, MBOX_MAX_MESSAGES_OPT);
@@ -1726,6 +1740,10 @@ main(int argc, char **argv)
 	}
 	if (optind != argc)
 		usage(2);
+	if (cfg.uidl_format != NULL && cfg.uidl_mode != UIDL_XUID) {
+		fprintf(stderr, "pop3d: --uidl-format needs --uidl x-uid\n");
+		usage(2);
+	}
 	if (geteuid() == 0 && getuid() != 0) {
 		fprintf(stderr, "pop3d: must not be installed setuid\n");
 		return 2;

@@ -22,6 +22,9 @@
 #define POP3D_PASS_MAX		255
 /* RFC 1939 section 7: a unique-id is 1 to 70 characters 0x21..0x7E. */
 #define POP3D_UIDL_MAX		70
+/* --uidl x-uid ids by default: Dovecot's default pop3_uidl_format (its X
+ * gives lowercase hex), so Dovecot sites that kept it need no option. */
+#define POP3D_UIDL_FORMAT	"%08Xu%08Xv"
 /* Failed logins before the session ends (DESIGN 4). */
 #define POP3D_MAX_FAILS		3
 /* Bad commands before the session ends: a confused or hostile client. */
@@ -113,6 +116,8 @@ struct config {
 	unsigned	 max_messages;	/* messages served per session; 0: default */
 	uint64_t	 max_bytes;	/* octets (as STAT counts) served; 0: any */
 	enum uidl_mode	 uidl_mode;
+	const char	*uidl_format;	/* X-UID ids (--uidl-format); NULL:
+					 * POP3D_UIDL_FORMAT */
 };
 
 /* pop3d.c */

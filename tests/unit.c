@@ -916,6 +916,7 @@ struct uidl_case {
 	enum uidl_mode	 mode;
 	const char	*data;
 	const char	*want[5];	/* NULL: the digest (checked unique) */
+	const char	*fmt;		/* --uidl-format; NULL: the default */
 };
 
 #define XU(v)	FROM1 "X-UIDL: " v "\n\nb\n\n"
@@ -924,26 +925,47 @@ struct uidl_case {
 
 static const struct uidl_case uidl_cases[] = {
 	{ "uidl/duplicates", UIDL_DIGEST, FROM1 "S: a\n\n" FROM1 "S: a\n\n"
-	    FROM1 "S: b\n", { "=1", "=1-2", "=1-3" } },
+	    FROM1 "S: b\n", { "=1", "=1-2", "=1-3" }, NULL },
 	{ "uidl/xuidl", UIDL_XUIDL, XU("abc") XU(" \tdef  ") XU("abc")
 	    XU("abc-2") XU("abc"), { "abc", "def", "abc-3", "abc-2",
-	    "abc-4" } },
+	    "abc-4" }, NULL },
 	{ "uidl/xuidl-invalid", UIDL_XUIDL, XU("has space") XU("")
-	    XU(L70 "x") XU("\x7f"), { NULL, "=1-2", "=1-3", "=1-4" } },
+	    XU(L70 "x") XU("\x7f"), { NULL, "=1-2", "=1-3", "=1-4" }, NULL },
 	{ "uidl/xuidl-70", UIDL_XUIDL, XU(L70) XU(L70),
 	    { L70, "012345678901234567890123456789012345678901234567890123"
-	    "45678901234567-2" } },
+	    "45678901234567-2" }, NULL },
 	{ "uidl/xuidl-off-in-digest-mode", UIDL_DIGEST, XU("abc"),
-	    { NULL } },
-	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 0000000009\n"
+	    { NULL }, NULL },
+	{ "uidl/xuid", UIDL_XUID, FROM1 "X-IMAPbase: 1234567890 4294967295\n"
 	    "X-UID: 3\n\nb\n\n" FROM2 "X-UID: 4294967295\n\n" FROM2
 	    "X-UID: 4294967296\n\n" FROM2 "X-UID: 7x\n\n",
-	    { "00000003499602D2", "FFFFFFFF499602D2", NULL, "=3-2" } },
+	    { "00000003499602d2", "ffffffff499602d2", NULL, "=3-2" }, NULL },
 	{ "uidl/xuid-pseudo", UIDL_XUID, FROM1 "Subject: FOLDER INTERNAL "
-	    "DATA\nX-IMAP: 0000000042 0000000009\n\ninternal\n\n" FROM2
-	    "X-UID: 10\n\n", { "0000000A0000002A" } },
+	    "DATA\nX-IMAP: 0000000042 0000000010\n\ninternal\n\n" FROM2
+	    "X-UID: 10\n\n", { "0000000a0000002a" }, NULL },
+	/* Values UW and Dovecot would renumber: not above the last valid
+	 * one (2, then 1), above the folder's last UID (6 > 5). */
+	{ "uidl/xuid-order", UIDL_XUID, FROM1 "X-IMAPbase: 7 0000000005\n"
+	    "X-UID: 2\n\n" FROM2 "Message-ID: <a>\nX-UID: 2\n\n" FROM2
+	    "Message-ID: <b>\nX-UID: 1\n\n" FROM2 "X-UID: 5\n\n" FROM2
+	    "Message-ID: <c>\nX-UID: 6\n\n",
+	    { "0000000200000007", NULL, NULL, "0000000500000007", NULL }, NULL },
+	{ "uidl/xuid-no-last", UIDL_XUID, FROM1 "X-IMAPbase: 7\nX-UID: 9\n\n"
+	    FROM2 "X-UID: 4000000000\n\n",
+	    { "0000000900000007", "ee6b280000000007" }, NULL },
+	/* --uidl-format: Dovecot's pop3_uidl_format syntax. */
+	{ "uidl/format-v.u", UIDL_XUID, FROM1 "X-IMAPbase: 1796620950 300\n"
+	    "X-UID: 255\n\n", { "1796620950.255" }, "%v.%u" },
+	{ "uidl/format-uw", UIDL_XUID, FROM1 "X-IMAPbase: 1796620950 300\n"
+	    "X-UID: 255\n\n", { "6b164296000000ff" }, "%08Xv%08Xu" },
+	{ "uidl/format-upper", UIDL_XUID, FROM1 "X-IMAPbase: 1796620950 300\n"
+	    "X-UID: 255\n\n", { "FF-6B164296.ff" }, "%XUu-%08XUv.%UXu" },
+	{ "uidl/format-widths", UIDL_XUID, FROM1 "X-IMAPbase: 1796620950 300\n"
+	    "X-UID: 255\n\n", { "179%00000000ff|255|2" }, "%3v%%%010Xu|%0u|%1u" },
+	{ "uidl/format-dup", UIDL_XUID, FROM1 "X-IMAPbase: 1 300\nX-UID: 1\n\n"
+	    FROM2 "X-UID: 2\n\n", { "x1", "x2" }, "x%u" },
 	{ "uidl/xuid-no-uidvalidity", UIDL_XUID, FROM1 "X-UID: 3\n\n",
-	    { NULL } },
+	    { NULL }, NULL },
 };
 
 /* Checks the ids of a case; "=k" means the id of message k. */
@@ -951,9 +973,14 @@ static void
 test_uidl(const struct uidl_case *c)
 {
 	char ids[5][POP3D_UIDL_MAX + 1], why[600] = "";
+	struct mailbox_opts o = *opts(getuid(), c->mode, 5);
 	struct mailbox *mb = NULL;
 	unsigned i, j, n = 0;
-	int r = open_mb(&mb, c->data, strlen(c->data), c->mode);
+	int r;
+
+	o.uidl_format = c->fmt;
+	write_file(mbpath, c->data, strlen(c->data));
+	r = mailbox_open(&mb, mbpath, &o);
 
 	while (n < 5 && (n == 0 || c->want[n] != NULL ||
 	    (mb != NULL && n < mailbox_count(mb))))
@@ -1002,6 +1029,27 @@ test_uidl(const struct uidl_case *c)
 	}
 	result(c->name, why[0] == '\0', "%s", why);
 	mailbox_close(mb);
+}
+
+/* Which --uidl-format templates are taken. */
+static void
+test_uidl_format_check(void)
+{
+	static const char *good[] = { "%u", "%08Xu%08Xv", "%v.%u", "%v-%u",
+	    "a%%b%u", "%XUu", "%3v%0u", "%070u", "%060u%v" };
+	static const char *bad[] = { "", "%v", "abc", "%m", "%f", "%g",
+	    "%{uid}", "%u %v", "%u\t", "%8X", "%071u", "%XXu", "%u%",
+	    "%-3u", "%2.3u", "caf\xe9%u", "%061u%v" };
+	char why[200] = "";
+	size_t i;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		if (mailbox_uidl_format_check(good[i]) != 0)
+			snprintf(why, sizeof(why), "refused %s", good[i]);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (mailbox_uidl_format_check(bad[i]) != -1)
+			snprintf(why, sizeof(why), "took %s", bad[i]);
+	result("uidl/format-check", why[0] == '\0', "%s", why);
 }
 
 /* The same maildrop gives the same ids in the next session, and after a
@@ -2291,6 +2339,7 @@ main(int argc, char **argv)
 	test_uidl_digest();
 	for (i = 0; i < sizeof(uidl_cases) / sizeof(uidl_cases[0]); i++)
 		test_uidl(&uidl_cases[i]);
+	test_uidl_format_check();
 	test_uidl_stable();
 	test_change();
 	for (i = 0; i < sizeof(update_cases) / sizeof(update_cases[0]); i++)
