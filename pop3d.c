@@ -1101,7 +1101,7 @@ child_limit(const struct session *s, struct io_limit *lim)
 	int64_t now = io_now();
 
 	lim->end = (s->limit.end > now ? s->limit.end : now) +
-	    POP3D_AUTH_GRACE * 1000;
+	    (int64_t)POP3D_AUTH_GRACE * 1000;
 	lim->idle = 0;
 	return lim;
 }
