@@ -1,7 +1,7 @@
 /*
  * io.c: the bounded line reader from the client and the buffered reply
  * writer to it.  Timeouts use poll() on the input and on the output, never
- * alarm(); no call here blocks on the client without a poll first.
+ * alarm(); no call here waits for the client past its io_limit.
  */
 #include <errno.h>
 #include <limits.h>

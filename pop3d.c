@@ -1030,7 +1030,8 @@ child_seccomp(void)
 #ifdef SYS_poll
 		ALLOW(SYS_poll),
 #endif
-		ALLOW(SYS_ppoll), ALLOW(SYS_sendto),	/* syslog */
+		/* sendto: syslog, and send() to a client socket */
+		ALLOW(SYS_ppoll), ALLOW(SYS_sendto),
 		ALLOW(SYS_exit), ALLOW(SYS_exit_group),
 		ALLOW(SYS_rt_sigreturn), ALLOW(SYS_rt_sigprocmask),
 		ALLOW(SYS_restart_syscall), ALLOW(SYS_getpid), ALLOW(SYS_gettid),
