@@ -1,20 +1,79 @@
 /*
  * io.c: the bounded line reader from the client and the buffered reply
- * writer to it.  Timeouts use poll() on the input, never alarm().
+ * writer to it.  Timeouts use poll() on the input and on the output, never
+ * alarm(); no call here waits for the client past its io_limit.
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io.h"
 
+int64_t
+io_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+io_wait_end(const struct io_limit *lim)
+{
+	int64_t end = 0;
+
+	if (lim == NULL)
+		return 0;
+	if (lim->idle > 0)
+		end = io_now() + (int64_t)lim->idle * 1000;
+	if (lim->end > 0 && (end == 0 || lim->end < end))
+		end = lim->end;
+	return end;
+}
+
+/*
+ * Waits until fd has one of events or end (io_now() time, 0: never)
+ * passes; once it has passed, only looks.  Returns 1 when ready (or in
+ * error: the next read or write tells), 0 at the end, -1 on error.
+ */
+static int
+wait_fd(int fd, short events, int64_t end)
+{
+	struct pollfd pfd;
+	int r;
+
+	pfd.fd = fd;
+	pfd.events = events;
+	for (;;) {
+		int64_t left = end > 0 ? end - io_now() : -1;
+
+		if (end > 0 && left < 0)
+			left = 0;
+		r = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (r > 0)
+			return 1;
+		if (r == 0 && (end == 0 || io_now() < end))
+			continue;	/* woke early, or a wait longer than INT_MAX */
+		if (r == 0)
+			return 0;
+		if (errno != EINTR)
+			return -1;
+	}
+}
+
 void
-in_init(struct in *in, int fd)
+in_init(struct in *in, int fd, const struct io_limit *limit)
 {
 	in->fd = fd;
+	in->limit = limit;
 	in->start = in->end = 0;
 	in->eof = 0;
 }
@@ -39,9 +98,9 @@ in_pending(const struct in *in)
 /* Reads more input into the buffer.  Returns IN_LINE when bytes came,
  * else IN_EOF, IN_TIMEOUT or IN_ERROR. */
 static int
-in_fill(struct in *in, int timeout_sec)
+in_fill(struct in *in)
 {
-	struct pollfd pfd;
+	int64_t end = io_wait_end(in->limit);
 	ssize_t n;
 	int r;
 
@@ -52,11 +111,11 @@ in_fill(struct in *in, int timeout_sec)
 		in->end -= in->start;
 		in->start = 0;
 	}
-	pfd.fd = in->fd;
-	pfd.events = POLLIN;
-	do
-		r = poll(&pfd, 1, timeout_sec > 0 ? timeout_sec * 1000 : -1);
-	while (r < 0 && errno == EINTR);
+	/* Past the end nothing more is read, even when input is waiting: a
+	 * client that keeps us busy does not keep the session for that. */
+	if (end > 0 && io_now() >= end)
+		return IN_TIMEOUT;
+	r = wait_fd(in->fd, POLLIN, end);
 	if (r < 0)
 		return IN_ERROR;
 	if (r == 0)
@@ -79,7 +138,7 @@ in_fill(struct in *in, int timeout_sec)
  * are discarded up to the LF so one overlong line gets exactly one answer.
  */
 int
-in_line(struct in *in, struct out *out, char *line, size_t max, int timeout_sec)
+in_line(struct in *in, struct out *out, char *line, size_t max)
 {
 	size_t len = 0;
 	int toolong = 0, nul = 0, r;
@@ -103,8 +162,8 @@ in_line(struct in *in, struct out *out, char *line, size_t max, int timeout_sec)
 		if (lf)
 			break;
 		if (in->start == in->end && out_flush(out) < 0)
-			return IN_EOF;
-		r = in_fill(in, timeout_sec);
+			return out->timedout ? IN_TIMEOUT : IN_EOF;
+		r = in_fill(in);
 		if (r != IN_LINE)
 			return r;
 	}
@@ -120,25 +179,45 @@ in_line(struct in *in, struct out *out, char *line, size_t max, int timeout_sec)
 }
 
 void
-out_init(struct out *out, int fd)
+out_init(struct out *out, int fd, const struct io_limit *limit)
 {
+	struct stat st;
+
 	out->fd = fd;
+	out->kind = OUT_POLL;
+	if (fstat(fd, &st) == 0) {
+		if (S_ISSOCK(st.st_mode))
+			out->kind = OUT_SOCKET;
+		else if (S_ISREG(st.st_mode))
+			out->kind = OUT_FILE;
+	}
+	out->limit = limit;
 	out->error = 0;
+	out->timedout = 0;
 	out->len = 0;
 	out->total = 0;
 }
 
-/* Reads exactly len bytes.  Returns 0, or -1 on EOF or error. */
+/* Reads exactly len bytes.  Returns 0, or -1 on EOF, error or (errno
+ * ETIMEDOUT) when lim ends a wait. */
 int
-read_full(int fd, void *buf, size_t len)
+read_full(int fd, void *buf, size_t len, const struct io_limit *lim)
 {
 	unsigned char *p = buf;
 
 	while (len > 0) {
-		ssize_t n = read(fd, p, len);
+		ssize_t n;
+		int r = lim ? wait_fd(fd, POLLIN, io_wait_end(lim)) : 1;
 
+		if (r == 0)
+			errno = ETIMEDOUT;
+		if (r <= 0)
+			return -1;
+		n = read(fd, p, len);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n == 0)
+			errno = 0;		/* end of file */
 		if (n <= 0)
 			return -1;
 		p += n;
@@ -166,14 +245,58 @@ write_full(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+/*
+ * Writes some of p to the client without blocking on it: a socket with
+ * MSG_DONTWAIT (the flag is per call; O_NONBLOCK would change a
+ * description that inetd or a shell may share), a pipe or tty only after
+ * poll() said there is room, and then at most PIPE_BUF octets, which a
+ * pipe with room takes without blocking.  Returns what write() does.
+ */
+static ssize_t
+out_some(struct out *out, const unsigned char *p, size_t len)
+{
+	switch (out->kind) {
+	case OUT_SOCKET:
+		return send(out->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	case OUT_FILE:
+		return write(out->fd, p, len);
+	default:
+		return write(out->fd, p, len < PIPE_BUF ? len : PIPE_BUF);
+	}
+}
+
+/* Each wait for room restarts an idle limit: a client that reads slowly
+ * but steadily is served; one that stops reading is not waited for. */
 int
 out_flush(struct out *out)
 {
-	if (!out->error && out->len > 0) {
-		if (write_full(out->fd, out->buf, out->len) < 0)
+	size_t off = 0;
+
+	while (!out->error && off < out->len) {
+		ssize_t n;
+		int r = 1;
+
+		if (out->kind == OUT_POLL)
+			r = wait_fd(out->fd, POLLOUT, io_wait_end(out->limit));
+		if (r > 0) {
+			n = out_some(out, out->buf + off, out->len - off);
+			if (n > 0) {
+				off += (size_t)n;
+				out->total += (uint64_t)n;
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+				r = wait_fd(out->fd, POLLOUT,
+				    io_wait_end(out->limit));
+			else
+				r = -1;
+		}
+		if (r == 0)
+			out->timedout = 1;
+		if (r <= 0)
 			out->error = 1;
-		else
-			out->total += out->len;
 	}
 	out->len = 0;
 	return out->error ? -1 : 0;

@@ -96,6 +96,7 @@ struct state {
 
 struct session {
 	const struct config	*cfg;
+	struct io_limit		 limit;		/* of every wait for the client */
 	struct in		 in;
 	struct out		 out;
 	int			 state;
@@ -189,7 +190,7 @@ mailbox_result(struct session *s, int r)
 		return R_SENT;
 	case MB_CLIENT:
 		s->done = 1;
-		s->how = "disconnect";
+		s->how = s->out.timedout ? "timeout" : "disconnect";
 		return R_CLOSE;
 	case MB_CHANGED:
 		s->done = 1;
@@ -327,8 +328,7 @@ cmd_auth(struct session *s, char *arg)
 	if (ir != NULL)
 		return sasl_plain(s, strcmp(ir, "=") == 0 ? none : ir);
 	out_str(&s->out, "+ \r\n");
-	r = in_line(&s->in, &s->out, line, POP3D_SASL_LINE_MAX,
-	    POP3D_AUTH_TIMEOUT);
+	r = in_line(&s->in, &s->out, line, POP3D_SASL_LINE_MAX);
 	if (r == IN_LONG || r == IN_NUL)
 		return r == IN_LONG ? R_TOOLONG : R_NUL;
 	if (r != IN_LINE) {
@@ -616,6 +616,25 @@ dispatch(struct session *s, char *line)
 	error_reply(s, r);
 }
 
+/*
+ * The one rule for how long the client may keep the session waiting, for
+ * input or for room to write: before login the whole AUTHORIZATION state
+ * within --auth-timeout of the connect (so cheap commands and a client
+ * that stops reading use up the same budget); after login each wait,
+ * --idle-timeout.
+ */
+static void
+session_limit(struct session *s, int64_t connected)
+{
+	if (s->state == ST_TRANS) {
+		s->limit.end = 0;
+		s->limit.idle = s->cfg->idle_timeout;
+	} else {
+		s->limit.end = connected + (int64_t)s->cfg->auth_timeout * 1000;
+		s->limit.idle = 0;
+	}
+}
+
 /* Reads and runs commands until the session ends. */
 static void
 session_loop(struct session *s)
@@ -623,11 +642,7 @@ session_loop(struct session *s)
 	char line[POP3D_LINE_MAX + 1];
 
 	while (!s->done) {
-		int timeout = s->state == ST_TRANS ? s->cfg->idle_timeout :
-		    POP3D_AUTH_TIMEOUT;
-
-		switch (in_line(&s->in, &s->out, line, POP3D_LINE_MAX,
-		    timeout)) {
+		switch (in_line(&s->in, &s->out, line, POP3D_LINE_MAX)) {
 		case IN_LINE:
 			dispatch(s, line);
 			break;
@@ -1172,6 +1187,7 @@ session_start(struct session *s)
 	s->how = NULL;
 	s->bad = 0;		/* the same count in root and user mode */
 	s->state = ST_TRANS;
+	session_limit(s, 0);
 	reply_ok(s, "Logged in.");
 	return R_SENT;
 }
@@ -1258,9 +1274,15 @@ login_child(struct session *s, const char *user, char *pass)
 	if (strlen(user) > POP3D_USER_MAX || strlen(pass) > POP3D_PASS_MAX)
 		rec.ulen = 0;	/* never cut: refused like a wrong password */
 	explicit_bzero(pass, strlen(pass));
-	if (out_flush(&s->out) < 0 ||
-	    write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
-	    read_full(s->priv_fd, &v, 1) < 0) {
+	if (out_flush(&s->out) < 0) {
+		explicit_bzero(&rec, sizeof(rec));
+		s->done = 1;
+		s->how = s->out.timedout ? "timeout" : "disconnect";
+		return R_CLOSE;
+	}
+	/* the parent's check, not the client, takes this time */
+	if (write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
+	    read_full(s->priv_fd, &v, 1, NULL) < 0) {
 		explicit_bzero(&rec, sizeof(rec));
 		_exit(1);
 	}
@@ -1326,7 +1348,8 @@ child_seccomp(void)
 #ifdef SYS_poll
 		ALLOW(SYS_poll),
 #endif
-		ALLOW(SYS_ppoll), ALLOW(SYS_sendto),	/* syslog */
+		/* sendto: syslog, and send() to a client socket */
+		ALLOW(SYS_ppoll), ALLOW(SYS_sendto),
 		ALLOW(SYS_exit), ALLOW(SYS_exit_group),
 		ALLOW(SYS_rt_sigreturn), ALLOW(SYS_rt_sigprocmask),
 		ALLOW(SYS_restart_syscall), ALLOW(SYS_getpid), ALLOW(SYS_gettid),
@@ -1386,19 +1409,39 @@ child_confine(const struct passwd *pw)
 }
 
 /*
+ * Root mode, in the parent: the limit of a wait for the pre-auth child.
+ * The child keeps the session's own limit and ends itself by then; this
+ * backstop, POP3D_AUTH_GRACE later (counted from now if the parent's own
+ * PAM check used up the budget), only ends a child that is stuck.
+ */
+static struct io_limit *
+child_limit(const struct session *s, struct io_limit *lim)
+{
+	int64_t now = io_now();
+
+	lim->end = (s->limit.end > now ? s->limit.end : now) +
+	    (int64_t)POP3D_AUTH_GRACE * 1000;
+	lim->idle = 0;
+	return lim;
+}
+
+/*
  * Root mode, in the parent: checks each attempt the child sends.  Returns
  * 1 when a login succeeded (s->acct and s->in are set), 0 when the child
- * ended the session.
+ * ended the session, -1 when it did not end in time.
  */
 static int
 parent_auth(struct session *s, int fd)
 {
 	struct login_rec rec;
+	struct io_limit lim;
 	uint32_t left;
 	char buf[POP3D_INBUF];
 	int fails = 0, r;
 
-	while (fails < POP3D_MAX_FAILS && read_full(fd, &rec, sizeof(rec)) == 0) {
+	while (fails < POP3D_MAX_FAILS) {
+		if (read_full(fd, &rec, sizeof(rec), child_limit(s, &lim)) < 0)
+			return errno == ETIMEDOUT ? -1 : 0;
 		if (rec.ulen > POP3D_USER_MAX || rec.plen > POP3D_PASS_MAX)
 			fatalx("bad record from the pre-auth child");
 		rec.user[rec.ulen] = '\0';
@@ -1409,9 +1452,14 @@ parent_auth(struct session *s, int fd)
 		r = check_login(s, rec.user, rec.pass);
 		explicit_bzero(&rec, sizeof(rec));
 		if (r == AUTH_OK) {
-			if (write_full(fd, "Y", 1) < 0 ||
-			    read_full(fd, &left, sizeof(left)) < 0 ||
-			    left > sizeof(buf) || read_full(fd, buf, left) < 0)
+			if (write_full(fd, "Y", 1) < 0)
+				return 0;
+			if (read_full(fd, &left, sizeof(left),
+			    child_limit(s, &lim)) < 0 ||
+			    (left <= sizeof(buf) && read_full(fd, buf, left,
+			    child_limit(s, &lim)) < 0))
+				return errno == ETIMEDOUT ? -1 : 0;
+			if (left > sizeof(buf))
 				return 0;
 			in_preload(&s->in, buf, left);
 			return 1;
@@ -1496,8 +1544,18 @@ run_root(struct session *s)
 	close(sv[1]);
 	ok = parent_auth(s, sv[0]);
 	close(sv[0]);
+	if (ok < 0) {
+		logmsg(LOG_WARNING, "pre-auth child did not end in time; "
+		    "killed");
+		kill(pid, SIGKILL);
+	}
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
+	if (ok < 0) {
+		error_reply(s, R_TIMEOUT);
+		s->how = "timeout";
+		return 0;
+	}
 	if (!ok) {
 		s->how = WIFEXITED(status) ?
 		    end_names[WEXITSTATUS(status) % NENDS] : "aborted";
@@ -1526,8 +1584,9 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->priv_fd = -1;
 	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
 	s->state = ST_AUTH;
-	in_init(&s->in, infd);
-	out_init(&s->out, outfd);
+	session_limit(s, io_now());
+	in_init(&s->in, infd, &s->limit);
+	out_init(&s->out, outfd, &s->limit);
 	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
 	if (cfg->root)
 		status = run_root(s);
@@ -1603,6 +1662,7 @@ usage(int status)
 "  --virtual-user USER    system user that virtual users run as (root mode)\n"
 "  --pam-service NAME     PAM service name (default %s)\n"
 "  --state-dir DIR        session locks, journals, scan caches (default %s as root)\n"
+"  --auth-timeout SECONDS time from connect to login, all of it (default %d)\n"
 "  --idle-timeout SECONDS autologout after login (default %d; RFC 1939: >= 600)\n"
 "  --lock-timeout SECONDS longest wait for the mailbox locks (default %d)\n"
 "  --fail-delay MS        delay after a failed login (default %d)\n"
@@ -1617,8 +1677,8 @@ usage(int status)
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n",
 	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_STATE_DIR,
-	    POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT, POP3D_FAIL_DELAY_MS,
-	    POP3D_UIDL_FORMAT, MBOX_MAX_MESSAGES);
+	    POP3D_AUTH_TIMEOUT, POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT,
+	    POP3D_FAIL_DELAY_MS, POP3D_UIDL_FORMAT, MBOX_MAX_MESSAGES);
 	exit(status);
 }
 
@@ -1646,6 +1706,7 @@ main(int argc, char **argv)
 		{ "virtual-user", required_argument, NULL, 'U' },
 		{ "pam-service",  required_argument, NULL, 's' },
 		{ "state-dir",	  required_argument, NULL, 'S' },
+		{ "auth-timeout", required_argument, NULL, 'a' },
 		{ "idle-timeout", required_argument, NULL, 't' },
 		{ "lock-timeout", required_argument, NULL, 'l' },
 		{ "fail-delay",	  required_argument, NULL, 'f' },
@@ -1662,6 +1723,7 @@ main(int argc, char **argv)
 	struct config cfg = {
 		.mailbox = POP3D_MAILBOX,
 		.pam_service = POP3D_PAM_SERVICE,
+		.auth_timeout = POP3D_AUTH_TIMEOUT,
 		.idle_timeout = POP3D_IDLE_TIMEOUT,
 		.lock_timeout = POP3D_LOCK_TIMEOUT,
 		.fail_delay_ms = POP3D_FAIL_DELAY_MS,
@@ -1682,6 +1744,10 @@ main(int argc, char **argv)
 		case 'U': cfg.virtual_user = optarg; break;
 		case 's': cfg.pam_service = optarg; break;
 		case 'S': cfg.state_dir = optarg; break;
+		case 'a':
+			cfg.auth_timeout = option_number("auth-timeout",
+			    optarg, 1, 3600);
+			break;
 		case 't':
 			cfg.idle_timeout = option_number("idle-timeout",
 			    optarg, 1, 86400);

@@ -31,8 +31,16 @@
 #define POP3D_MAX_BAD		20
 /* RFC 1939 section 3: an autologout timer must be at least 10 minutes. */
 #define POP3D_IDLE_TIMEOUT	600
-/* Before login nothing needs ten minutes; free the slot sooner. */
+/* Before login nothing needs ten minutes; free the slot sooner.  One
+ * budget from the connect for the whole AUTHORIZATION state, reading and
+ * writing (--auth-timeout). */
 #define POP3D_AUTH_TIMEOUT	60
+/* Seconds the root parent waits for its pre-auth child beyond that budget
+ * before it kills the child: one that is on time has ended itself by then,
+ * with its reply to the client; one that is stuck does not keep the
+ * parent.  Also what the parent allows for each record when its own PAM
+ * check used up the budget. */
+#define POP3D_AUTH_GRACE	5
 /* Delay after a failed login, in milliseconds: slows password guessing. */
 #define POP3D_FAIL_DELAY_MS	1000
 /* Total wait for the mailbox locks before [SYS/TEMP], in seconds; a
@@ -108,6 +116,7 @@ struct config {
 	const char	*pam_service;
 	const char	*virtual_user;	/* system user for virtual users */
 	const char	*state_dir;	/* session locks; NULL: default */
+	int		 auth_timeout;	/* seconds, connect to login */
 	int		 idle_timeout;	/* seconds, after login */
 	int		 lock_timeout;	/* seconds */
 	int		 fail_delay_ms;

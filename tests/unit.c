@@ -172,7 +172,7 @@ capture(struct mailbox *mb, unsigned n, long lines, struct buf *b)
 	if (out == NULL || (fd = mkstemp(path)) < 0)
 		exit(2);
 	unlink(path);
-	out_init(out, fd);
+	out_init(out, fd, NULL);
 	/* as the session does: check, then send */
 	r = mailbox_check(mb, n);
 	if (r == MB_OK)
@@ -270,6 +270,7 @@ static const struct line_case line_cases[] = {
 static void
 test_line(const struct line_case *c)
 {
+	static const struct io_limit lim = { 0, 5 };
 	char line[POP3D_LINE_MAX + 1];
 	struct in *in = malloc(sizeof(*in));
 	struct out *out = malloc(sizeof(*out));
@@ -296,10 +297,10 @@ test_line(const struct line_case *c)
 	}
 	close(sv[1]);
 	devnull = open("/dev/null", O_WRONLY);
-	in_init(in, sv[0]);
-	out_init(out, devnull);
+	in_init(in, sv[0], &lim);
+	out_init(out, devnull, NULL);
 	for (i = 0; i < 4; i++) {
-		r = in_line(in, out, line, POP3D_LINE_MAX, 5);
+		r = in_line(in, out, line, POP3D_LINE_MAX);
 		if (r != c->want[i])
 			break;
 		if (r == IN_LINE && c->text[i] != NULL &&
@@ -786,7 +787,7 @@ emit_pieces(const unsigned char *src, size_t len, size_t cut1, size_t cut2)
 	if (out == NULL || (fd = mkstemp(path)) < 0)
 		exit(2);
 	unlink(path);
-	out_init(out, fd);
+	out_init(out, fd, NULL);
 	mailbox_emit_init(&em);
 	mailbox_emit(out, src, cut1, &em);
 	mailbox_emit(out, src + cut1, cut2 - cut1, &em);

@@ -57,7 +57,7 @@ check_message(struct mailbox *mb, unsigned n)
 	int fd = memfd_create("out", 0);
 	long got;
 
-	out_init(&out, fd);
+	out_init(&out, fd, NULL);
 	if (mailbox_check(mb, n) != MB_OK ||
 	    mailbox_send(mb, n, -1, &out) != MB_OK || out_flush(&out) < 0)
 		abort();
@@ -69,7 +69,7 @@ check_message(struct mailbox *mb, unsigned n)
 	}
 	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) != 0)
 		abort();
-	out_init(&out, fd);
+	out_init(&out, fd, NULL);
 	if (mailbox_send(mb, n, 1, &out) != MB_OK || out_flush(&out) < 0)
 		abort();
 	got = unstuffed_length(fd);

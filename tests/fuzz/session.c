@@ -76,6 +76,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 	static struct config cfg = {
 		.mailbox = "/nonexistent/%u",
 		.pam_service = "pop3d-fuzz",
+		.auth_timeout = 3600,	/* never ends a run: same input, same path */
 		.idle_timeout = 1,
 		.lock_timeout = 1,
 		.fail_delay_ms = 0,

@@ -384,12 +384,14 @@ def syslog_lines(h):
         if p.poll() is None:
             p.kill()
             p.wait()
+    # pop3d and its children have exited: every message they sent is
+    # queued on the socket already, so drain it without waiting.
     msgs = []
-    logsock.settimeout(0.3)
+    logsock.setblocking(False)
     try:
         while True:
             msgs.append(logsock.recv(8192))
-    except socket.timeout:
+    except BlockingIOError:
         pass
     logsock.close()
     with open(errpath, "rb") as f:

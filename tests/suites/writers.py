@@ -9,7 +9,8 @@
 # also when it reaches the file by another name.  Dotlocks: a stale one
 # (liblockfile's rules: the pid in it is dead, or it holds no pid and is
 # older than 5 minutes) is taken over; a live one gives -ERR [SYS/TEMP]
-# after --lock-timeout.  All cases take about 8 s together.
+# after --lock-timeout (and, on a loaded machine, at most tests/run's LATE
+# later).  All cases take about 8 s together.
 import importlib.util
 import os
 import pwd
@@ -349,11 +350,10 @@ def run_dotlock(h, name, content, age, stale, mode="user", spool=None):
         t0 = time.monotonic()
         user, pw = ("dlv", "Dlv-pass-1") if spool else (None, None)
         if stale:
+            # The login works only if an attempt within --lock-timeout took
+            # the stale lock over ([SYS/TEMP] otherwise); how long the
+            # login took would measure the machine's load, not pop3d.
             s = c.login(user, pw)
-            took = time.monotonic() - t0
-            # (memcheck alone makes a root-mode login take about a second)
-            if took > (3.0 if h.VALGRIND else 0.9):
-                raise h.Fail("login took %.1f s: the stale lock was waited for" % took)
             s.queue(b"DELE 1\r\nQUIT\r\n")
             expect(h, s, b"+OK Marked to be deleted.", "DELE 1")
             expect(h, s, b"+OK Logging out, messages deleted.", "QUIT")
@@ -366,8 +366,9 @@ def run_dotlock(h, name, content, age, stale, mode="user", spool=None):
         else:
             s = c.login(user, pw, want=LOCKED)
             took = time.monotonic() - t0
-            if not 0.9 <= took <= 4.0:
-                raise h.Fail("[SYS/TEMP] after %.2f s, expected about 1 s" % took)
+            if not 0.9 <= took <= 1 + h.LATE:
+                raise h.Fail("[SYS/TEMP] after %.2f s, expected 1 s (--lock-timeout)"
+                             " and at most %.0f s later" % (took, h.LATE))
             expect_end(h, s, "PASS")
             c.finish()
             if c.read() != before:
@@ -381,17 +382,18 @@ def run_dotlock(h, name, content, age, stale, mode="user", spool=None):
 
 
 def run_killed_holder(h, name):
-    """A real `dotlockfile -l -p LOCK sleep 30` holds the lock: the session
-    gets [SYS/TEMP] after the bounded wait; once the holder is killed
-    (SIGKILL: its lock stays, naming a dead pid) the next login takes the
-    stale lock over and the session works."""
+    """A real `dotlockfile -l -p LOCK sleep 3600` holds the lock (until it
+    is killed here, however slow the machine): the session gets [SYS/TEMP]
+    after the bounded wait; once the holder is killed (SIGKILL: its lock
+    stays, naming a dead pid) the next login takes the stale lock over and
+    the session works."""
     c = Case(h, name, extra=["--lock-timeout", "1"])
     holder = None
     try:
         lock = c.path + ".lock"
         holder = subprocess.Popen(["dotlockfile", "-l", "-p", "-r", "0", lock,
-                                   "sleep", "30"], start_new_session=True)
-        deadline = time.monotonic() + 5
+                                   "sleep", "3600"], start_new_session=True)
+        deadline = time.monotonic() + h.TIMEOUT
         while not os.path.exists(lock):
             if time.monotonic() > deadline or holder.poll() is not None:
                 raise h.Fail("dotlockfile did not take the lock")
