@@ -2148,6 +2148,20 @@ mb_sync(struct upd *u)
 	return 0;
 }
 
+/*
+ * Makes the mailbox as read so far durable, before a plan or a redo is
+ * built on it: mail an MDA appended without an fsync, or what a killed
+ * UPDATE or recovery left in the page cache, could otherwise vanish in a
+ * power cut while a synced journal describes it (and recovery would take
+ * a file shorter than the plan's end for one already cut).
+ */
+static int
+mb_sync_read(struct upd *u)
+{
+	u->dirty = 1;
+	return mb_sync(u);
+}
+
 static int
 jr_sync(struct upd *u)
 {
@@ -2425,7 +2439,7 @@ mailbox_compact(struct mailbox *mb, off_t cur)
 	u.redo = plan_start(p);
 	if (u.redo == p->final)		/* only a cut, which is atomic */
 		u.jfd = -1;
-	if (u.jfd >= 0 && journal_begin(&u) < 0)
+	if (u.jfd >= 0 && (mb_sync_read(&u) < 0 || journal_begin(&u) < 0))
 		r = MB_TEMP;
 	else if (plan_run(&u, u.redo) < 0 || plan_finish(&u) < 0) {
 		r = MB_TEMP;
@@ -2705,6 +2719,13 @@ journal_recover(struct mailbox *mb, struct stat *st)
 	p = &u.p;
 	sigfillset(&all);
 	sigprocmask(SIG_BLOCK, &all, &old);
+	/* after a kill, the journal and the mailbox may still be partly in
+	 * the page cache: what is read here must be on disk before any
+	 * write is based on it (a record that a power cut could still take
+	 * back would otherwise direct writes that destroy the octets the
+	 * older record needs) */
+	if (jr_sync(&u) < 0 || mb_sync_read(&u) < 0)
+		goto fail;
 	why = journal_load(&u, &jst, st, &rec, &have);
 	if (why == NULL) {
 		int intact = z >= p->old && plan_tail(mb, p, d) == 0 &&
