@@ -56,13 +56,16 @@
  *             read data not yet on disk.
  *
  * Usage: powerloss [--long] [--seed N] [--dir DIR] [-k SUBSTRING] [-v]
- *                  [--trace]
+ *                  [--trace] [--max-lost N]
+ * -k runs the scenarios whose name contains SUBSTRING; --trace prints
+ * the UPDATE traces (with -v the recoveries' too); --max-lost stops a
+ * scenario after N lost states (tests/powerloss-mutants).
  * The scratch files go to DIR, else a new directory in /dev/shm (or
- * $TMPDIR, /tmp), removed at the end unless a state was lost.
- * Prints "PASS powerloss/NAME: counts" or "FAIL powerloss/NAME: why" per
- * scenario (each lost state is described, with the server's log), then
- * "powerloss: N crash states checked, N recovered, N lost"; exits 1 if
- * anything was lost or failed.
+ * $TMPDIR, /tmp); they are removed at the end unless -v.
+ * Prints "PASS powerloss/LABEL/NAME: counts" or "FAIL powerloss/LABEL/NAME:
+ * why" per scenario, LABEL being chunk-4k or chunk-4m (the first lost
+ * states are described, with the server's log), then "powerloss: N crash
+ * states checked, N recovered, N lost"; exits 1 if anything was lost.
  */
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -461,6 +464,9 @@ rnd_below(uint64_t *s, uint64_t n)
 }
 
 static int long_form, verbose, dump_traces;
+static unsigned long max_lost;		/* per scenario; 0: no limit */
+static const char *const label = MBOX_UPDATE_CHUNK <= 65536 ?
+    "chunk-4k" : "chunk-4m";
 static uint64_t seed = 1;
 
 static void
@@ -871,7 +877,7 @@ die(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	printf("FAIL powerloss/harness: ");
+	printf("FAIL powerloss/%s/harness: ", label);
 	vprintf(fmt, ap);
 	printf("\n");
 	va_end(ap);
@@ -1115,10 +1121,10 @@ state_try(struct run *r, const struct expect *e, const struct trace *t,
 	key.b = hm.high64 ^ hj.low64 ^ (uint64_t)r->j.len;
 	if (!seen_add(&r->seen, key))
 		return;
-	cand_offer(r);
 	r->c.states++;
 	if ((why = state_check(r, e, strict)) == NULL) {
 		r->c.recovered++;
+		cand_offer(r);
 		return;
 	}
 	r->c.lost++;
@@ -1181,6 +1187,8 @@ enumerate(struct run *r, const struct expect *e, const struct trace *t,
 		}
 		if (k < k0)
 			continue;
+		if (max_lost > 0 && r->c.lost >= max_lost)
+			break;
 		strict = delivered(e, k, fc);
 		r->c.cuts++;
 		for (f = 0; f < NFILES; f++)
@@ -1335,8 +1343,9 @@ session_update(const struct scenario *s, struct trace *t)
 	rec = NULL;
 }
 
-/* The next session's open, recorded, on the files as they are. */
-static void
+/* The next session's open, recorded, on the files as they are.
+ * Returns mailbox_open's result. */
+static int
 session_recover(struct trace *t)
 {
 	struct mailbox *mb;
@@ -1347,11 +1356,9 @@ session_recover(struct trace *t)
 	log_reset();
 	r = mailbox_open(&mb, mbpath, opts());
 	rec = NULL;
-	if (r != MB_OK) {
-		log_show();
-		die("recovery: open returned %d", r);
-	}
-	mailbox_close(mb);
+	if (r == MB_OK)
+		mailbox_close(mb);
+	return r;
 }
 
 struct totals {
@@ -1481,11 +1488,12 @@ prep_free(struct prep *pp)
  * the page cache's view (page[]), and c becomes both traces together (c
  * borrows the ops' data; t2 owns the recovery's).
  */
-static void
+static int
 kill_trace(const struct prep *pp, size_t k, struct img *page,
     struct trace *t2, struct trace *c)
 {
 	size_t j;
+	int r;
 
 	for (j = 0; j < NFILES; j++)
 		img_set(&page[j], pp->init[j].p, pp->init[j].len);
@@ -1495,13 +1503,27 @@ kill_trace(const struct prep *pp, size_t k, struct img *page,
 	file_put(jpath, &page[F_JOURNAL]);
 	memset(t2, 0, sizeof(*t2));
 	t2->owns = 1;
-	session_recover(t2);
+	r = session_recover(t2);
 	memset(c, 0, sizeof(*c));
 	c->n = c->alloc = k + t2->n;
 	c->op = xcalloc(c->n, sizeof(*c->op));
 	memcpy(c->op, pp->t.op, k * sizeof(*c->op));
 	if (t2->n > 0)
 		memcpy(c->op + k, t2->op, t2->n * sizeof(*c->op));
+	return r;
+}
+
+/* A recovery that failed on the state just written: a lost state. */
+static void
+recovery_failed(struct run *r, int res, const char *where)
+{
+	r->c.states++;
+	r->c.lost++;
+	if (r->shown++ < 3) {
+		printf("    LOST %s: the recovery %s returned %d\n", r->name,
+		    where, res);
+		log_show();
+	}
 }
 
 static void
@@ -1540,14 +1562,14 @@ report(const char *name, const struct run *r, const char *detail)
 	int bad = unmodelled[0] != '\0' || r->c.lost > 0;
 
 	if (unmodelled[0] != '\0')
-		printf("FAIL powerloss/%s: the trace has %s, which the model "
-		    "does not cover\n", name, unmodelled);
+		printf("FAIL powerloss/%s/%s: the trace has %s, which the "
+		    "model does not cover\n", label, name, unmodelled);
 	else if (r->c.lost > 0)
-		printf("FAIL powerloss/%s: %lu of %lu crash states lost mail "
-		    "(%s)\n", name, r->c.lost, r->c.states, detail);
+		printf("FAIL powerloss/%s/%s: %lu of %lu crash states lost "
+		    "mail (%s)\n", label, name, r->c.lost, r->c.states, detail);
 	else
-		printf("PASS powerloss/%s: %s; %lu recovered\n", name, detail,
-		    r->c.recovered);
+		printf("PASS powerloss/%s/%s: %s; %lu recovered\n", label, name,
+		    detail, r->c.recovered);
 	fflush(stdout);
 	total.states += r->c.states;
 	total.recovered += r->c.recovered;
@@ -1566,6 +1588,7 @@ run_scenario(const struct scenario *s, const char *filter)
 	unsigned i, nrec = 0, nkill = 0;
 	unsigned long ust, ulost, rst = 0, rlost = 0, kst = 0, klost = 0;
 	size_t k;
+	int res;
 
 	snprintf(name, sizeof(name), "%s-%s%s", s->shape->name,
 	    pattern_name[s->pattern], mda_name[s->mda]);
@@ -1602,7 +1625,12 @@ run_scenario(const struct scenario *s, const char *filter)
 			img_add(&page[F_MBOX], MAIL_AFTER, strlen(MAIL_AFTER));
 		file_put(mbpath, &page[F_MBOX]);
 		file_put(jpath, &page[F_JOURNAL]);
-		session_recover(&t2);
+		if ((res = session_recover(&t2)) != MB_OK) {
+			recovery_failed(&r, res, "of a recovered state");
+			rlost++;
+			trace_free(&t2);
+			continue;
+		}
 		if (dump_traces && verbose)
 			trace_dump("recovery", &t2);
 		enumerate(&r, newmail ? &pp.en : &pp.er, &t2, page, 0, t2.n);
@@ -1622,8 +1650,10 @@ run_scenario(const struct scenario *s, const char *filter)
 		if (s->kills == 1 && pp.t.op[k - 1].file != F_JOURNAL &&
 		    (k == pp.t.n || pp.t.op[k].kind != OP_SYNC))
 			continue;	/* the sample: around journal ops, syncs */
-		kill_trace(&pp, k, page, &t2, &c);
-		enumerate(&r, &pp.e, &c, pp.init, k, c.n);
+		if ((res = kill_trace(&pp, k, page, &t2, &c)) != MB_OK)
+			recovery_failed(&r, res, "after the kill");
+		else
+			enumerate(&r, &pp.e, &c, pp.init, k, c.n);
 		kst += r.c.states - st0;
 		klost += r.c.lost - lost0;
 		nkill++;
@@ -1698,6 +1728,37 @@ regress_state(struct run *r, const struct expect *e, const struct trace *t,
 	free(ts);
 }
 
+/* The index of the fsync that follows the first journal record's writes
+ * (the first journal write after the journal's fallocate), or t->n. */
+static size_t
+first_record_sync(const struct trace *t)
+{
+	size_t k;
+	int alloc = 0, rec_seen = 0;
+
+	for (k = 0; k < t->n; k++) {
+		const struct op *o = &t->op[k];
+
+		if (o->file != F_JOURNAL)
+			continue;
+		if (o->kind == OP_ALLOC)
+			alloc = 1;
+		else if (alloc && o->kind == OP_WRITE)
+			rec_seen = 1;
+		else if (rec_seen && o->kind == OP_SYNC)
+			return k;
+	}
+	return t->n;
+}
+
+static void
+regress_fail(const char *name, const char *why)
+{
+	printf("FAIL powerloss/%s/%s: %s\n", label, name, why);
+	total.scenarios++;
+	total.failed++;
+}
+
 static void
 run_regress(const char *filter)
 {
@@ -1706,8 +1767,9 @@ run_regress(const char *filter)
 	struct trace t2, c;
 	struct prep pp;
 	struct run r;
-	const char *name = "regress/kill-then-cut";
-	size_t k, j, syncs = 0;
+	const char *name = "regress-kill-then-cut";
+	size_t k, j;
+	int res;
 
 	memset(page, 0, sizeof(page));
 	if (filter == NULL || strstr(name, filter) != NULL) {
@@ -1715,32 +1777,43 @@ run_regress(const char *filter)
 		run_init(&r, &s, name);
 		clock_skew = 1;
 		/* the kill: after the first data record's writes, before
-		 * its fsync (the journal's second) */
-		for (k = 0; k < pp.t.n; k++)
-			if (pp.t.op[k].file == F_JOURNAL &&
-			    pp.t.op[k].kind == OP_SYNC && ++syncs == 2)
-				break;
-		if (k == pp.t.n || pp.t.op[k - 1].kind != OP_WRITE)
-			die("%s: no data record in the trace", name);
-		kill_trace(&pp, k, page, &t2, &c);
-		/* the cut: after the recovery's first mailbox write, which
-		 * is on disk; the journal's pending writes are not */
-		for (j = k; j < c.n; j++)
-			if (c.op[j].file == F_MBOX && c.op[j].kind == OP_WRITE)
-				break;
-		if (j == c.n)
-			die("%s: the recovery wrote no mailbox octet", name);
-		regress_state(&r, &pp.e, &c, pp.init, j + 1, 1, 0);
-		report(name, &r, "a data record not yet synced, a kill, the "
-		    "recovery's write on disk, the record not");
+		 * its fsync */
+		k = first_record_sync(&pp.t);
+		if (k == pp.t.n)
+			regress_fail(name, "no journal record in the trace");
+		else if ((res = kill_trace(&pp, k, page, &t2, &c)) != MB_OK) {
+			recovery_failed(&r, res, "after the kill");
+			report(name, &r, "the recovery after the kill failed");
+		} else {
+			/* the cut: after the recovery's first mailbox write,
+			 * which is on disk; the journal's pending writes are
+			 * not */
+			for (j = k; j < c.n; j++)
+				if (c.op[j].file == F_MBOX &&
+				    c.op[j].kind == OP_WRITE)
+					break;
+			if (j == c.n)
+				regress_fail(name, "the recovery wrote nothing");
+			else {
+				regress_state(&r, &pp.e, &c, pp.init, j + 1, 1,
+				    0);
+				report(name, &r, "a data record not yet synced, "
+				    "a kill, the recovery's write on disk, the "
+				    "record not");
+			}
+		}
+		if (k < pp.t.n) {
+			free(c.op);
+			trace_free(&t2);
+		}
 		clock_skew = 0;
-		free(c.op);
-		trace_free(&t2);
+		for (j = 0; j < NFILES; j++)
+			img_free(&page[j]);
 		run_free(&r);
 		prep_free(&pp);
 	}
 
-	name = "regress/unsynced-append";
+	name = "regress-unsynced-append";
 	s.mda = M_UNSYNCED;
 	if (filter == NULL || strstr(name, filter) != NULL) {
 		prep_make(&pp, &s, name);
@@ -1748,14 +1821,14 @@ run_regress(const char *filter)
 		clock_skew = 1;
 		/* the cut: after the first data record's fsync; the append
 		 * (if still pending) lost, the journal whole */
-		for (k = 0, syncs = 0; k < pp.t.n; k++)
-			if (pp.t.op[k].file == F_JOURNAL &&
-			    pp.t.op[k].kind == OP_SYNC && ++syncs == 2)
-				break;
+		k = first_record_sync(&pp.t);
 		if (k == pp.t.n)
-			die("%s: no data record in the trace", name);
-		regress_state(&r, &pp.e, &pp.t, pp.init, k + 1, 0, 1);
-		report(name, &r, "the journal synced, the MDA's append not");
+			regress_fail(name, "no journal record in the trace");
+		else {
+			regress_state(&r, &pp.e, &pp.t, pp.init, k + 1, 0, 1);
+			report(name, &r, "the journal synced, the MDA's append "
+			    "not");
+		}
 		clock_skew = 0;
 		run_free(&r);
 		prep_free(&pp);
@@ -1808,16 +1881,19 @@ setup(const char *where)
 	log_init(1);
 }
 
+/* The scratch files hold only the last state checked: removed (with the
+ * directory, if this run made it) unless -v. */
 static void
-cleanup(int keep)
+cleanup(int made)
 {
-	if (keep) {
+	if (verbose) {
 		printf("(scratch files kept in %s)\n", dir);
 		return;
 	}
 	unlink(mbpath);
 	unlink(jpath);
-	rmdir(dir);
+	if (made)
+		rmdir(dir);
 }
 
 int
@@ -1840,9 +1916,12 @@ main(int argc, char **argv)
 			verbose = 1;
 		else if (strcmp(argv[i], "--trace") == 0)
 			dump_traces = 1;
+		else if (strcmp(argv[i], "--max-lost") == 0 && i + 1 < argc)
+			max_lost = strtoul(argv[++i], NULL, 10);
 		else {
 			fprintf(stderr, "usage: %s [--long] [--seed N] "
-			    "[--dir DIR] [-k SUBSTRING] [-v] [--trace]\n",
+			    "[--dir DIR] [-k SUBSTRING] [-v] [--trace] "
+			    "[--max-lost N]\n",
 			    argv[0]);
 			return 2;
 		}
@@ -1891,6 +1970,6 @@ main(int argc, char **argv)
 	run_regress(filter);
 	printf("powerloss: %lu crash states checked, %lu recovered, %lu lost\n",
 	    total.states, total.recovered, total.lost);
-	cleanup(total.lost > 0);
+	cleanup(where == NULL);
 	return total.lost > 0 || total.failed > 0 ? 1 : 0;
 }
