@@ -1877,8 +1877,10 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
  * The journal: a header (the mailbox's device and inode, its old size
  * "old", the final size, the runs, a digest of the last octets before
  * old) with an MD5 over it, written and synced before the first mailbox
- * write; then two record slots used in turn, each record with a sequence
- * number and an MD5, so that a torn record leaves the other one whole.
+ * write, and after an fsync of the mailbox (mail appended without one
+ * must not vanish under a synced plan); then two record slots used in
+ * turn, each record with a sequence number and a checksum, so that a
+ * torn record leaves the other one whole.
  * A record says "output [0, pos) is on disk", and a data record also
  * "output [pos, pos + len) is these octets"; the redo point D is then pos
  * (pos + len).  Without a record, D is the first octet that moves.
@@ -2674,6 +2676,9 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
  * is the mailbox's fstat, refreshed when the file changed.
  *
  * - An empty journal: nothing pending.
+ * - Both files are synced first: after a kill they may be partly in the
+ *   page cache, and nothing may be written on the strength of a record
+ *   that a power cut could still take back.
  * - A torn header (bad magic or MD5): the header is synced before the
  *   first mailbox write, so the mailbox was never written; the journal is
  *   emptied and the mailbox left alone.  A header naming another device
