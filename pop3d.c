@@ -680,6 +680,20 @@ drop_privileges(const struct account *acct)
 	return 0;
 }
 
+/* Syncs directory dir after a name was made in it, so that a power cut
+ * cannot take the name back while the file's own fsync stands (POSIX asks
+ * for it; ext4, XFS and btrfs persist the name with the file anyway). */
+static void
+sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || fsync(fd) < 0)
+		logmsg(LOG_ERR, "%s: fsync: %m", dir);
+	if (fd >= 0)
+		close(fd);
+}
+
 /*
  * The state directory (session locks, UPDATE journals): --state-dir, else
  * POP3D_STATE_DIR as root, else ~/.pop3d (/tmp/pop3d-UID without a home).
@@ -703,7 +717,16 @@ state_dir(const struct config *cfg, char *buf, size_t size)
 		    (unsigned long)geteuid());
 	if (n < 0 || (size_t)n >= size)
 		return -1;
-	if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
+	if (mkdir(buf, 0700) == 0) {
+		char parent[PATH_MAX];
+		const char *slash = strrchr(buf, '/');
+
+		if (slash != NULL && (size_t)(slash - buf) < sizeof(parent)) {
+			memcpy(parent, buf, (size_t)(slash - buf));
+			parent[slash - buf] = '\0';
+			sync_dir(slash == buf ? "/" : parent);
+		}
+	} else if (errno != EEXIST) {
 		logmsg(LOG_ERR, "cannot create %s: %m", buf);
 		return -1;
 	}
@@ -771,9 +794,10 @@ maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
 	char dir[PATH_MAX], path[PATH_MAX + 64], canon[PATH_MAX];
 	unsigned char d[MD5_DIGEST_LENGTH];
 	char name[2 * MD5_DIGEST_LENGTH + 1];
+	struct stat st;
 	MD5_CTX ctx;
 	size_t i;
-	int fd;
+	int fd, fresh;
 
 	if (state_dir(cfg, dir, sizeof(dir)) < 0)
 		return R_SYSTEMP;
@@ -797,8 +821,13 @@ maildrop_lock(const struct config *cfg, const char *mbox, int *lock_fd,
 		(void)write_full(fd, canon, strlen(canon));
 	*lock_fd = fd;
 	snprintf(path, sizeof(path), "%s/%s.journal", dir, name);
+	/* a journal made now: its name must be on disk before an UPDATE
+	 * relies on the journal (the session lock keeps this race-free) */
+	fresh = lstat(path, &st) < 0 && errno == ENOENT;
 	if ((*journal_fd = open_private(path)) < 0)
 		return R_SYSTEMP;
+	if (fresh)
+		sync_dir(dir);
 	snprintf(path, sizeof(path), "%s/%s.cache", dir, name);
 	*cache_fd = open_private(path);
 	return R_SENT;

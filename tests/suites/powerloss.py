@@ -6,9 +6,16 @@ without --long: every crash state of UPDATE and of its recovery on the
 small mailboxes, a seeded sample where a cut has many, the kill-then-power-
 cut cases and the regression cases (tests/powerloss.c says how).  Each
 scenario line becomes a case; the INFO line carries the total.  `make
-powerloss` runs the long form.  Not under VALGRIND=1: no pop3d process is
-started, and the same binaries ran in the other passes.
+powerloss` runs the long form.  Not under VALGRIND=1: the same binaries
+ran in the other passes.
+
+powerloss/journal-name-synced: the replay takes the journal file as
+given; pop3d creates it at a maildrop's first session, and must sync the
+state directory then (and only then), or a power cut could take the name
+back with the synced journal in it.  tests/faultinject.so logs the fsync
+calls on the state directory of two real sessions.
 """
+import shutil
 import glob
 import os
 import re
@@ -16,9 +23,54 @@ import subprocess
 import time
 
 
+def journal_name(h):
+    shim = os.path.join(h.TESTS, "faultinject.so")
+    if not os.path.exists(shim):
+        raise h.Fail("%s is not built (make check builds it)" % shim)
+    case = h.ENV.new_case("user")
+    state = os.path.join(case, "state")
+    log = os.path.join(case, "mail", "faults.log")
+    copy = os.path.join(case, "faultinject.so")
+    shutil.copy(shim, copy)
+    os.chmod(copy, 0o755)
+    syncs = []
+    for n in (1, 2):
+        env = h.ENV.session_env()
+        env["LD_PRELOAD"] = " ".join([copy] + ([env["LD_PRELOAD"]]
+                                               if "LD_PRELOAD" in env else []))
+        env.update({"FAULT_PATHS": state, "FAULT_LOG": log})
+        if os.path.exists(log):
+            os.unlink(log)
+        s = h.Session(h.ENV.argv("user", case), env,
+                      os.path.join(case, "stderr-%d" % n))
+        s.queue(("USER %s\r\nPASS %s\r\nQUIT\r\n" % (h.ENV.user, h.ENV.pw))
+                .encode())
+        s.close_in()
+        out = s.read_rest()
+        if out is None:
+            s.kill()
+            raise h.Fail("session %d did not end" % n)
+        s.wait()
+        h.sanitizer_check([s])
+        if b"+OK Logging out" not in out:
+            raise h.Fail("session %d: %r" % (n, out[-100:]))
+        text = open(log).read() if os.path.exists(log) else ""
+        syncs.append(len([l for l in text.splitlines()
+                          if l.split()[1:3] == ["fsync", state]]))
+    if syncs != [1, 0]:
+        raise h.Fail("fsyncs of the state directory in the first and the "
+                     "second session: %r, want [1, 0]" % syncs)
+
+
 def tests(h):
     if h.VALGRIND:
         return
+    if h.wanted("powerloss/journal-name-synced"):
+        try:
+            journal_name(h)
+            h.report("powerloss/journal-name-synced", True)
+        except h.Fail as e:
+            h.report("powerloss/journal-name-synced", False, str(e))
     if h.FILTER and "powerloss" not in h.FILTER and h.FILTER not in "powerloss":
         return
     missing = [b for b in ("powerloss", "powerloss-4k")
