@@ -21,12 +21,12 @@
  *    applied in their order (a page always holds the latest data written
  *    to it); ftruncate and fallocate happened or not, as a whole.
  *  - One more of them, a write, may be torn: only some of its 512-octet
- *    sectors reached the disk (all combinations for writes of up to 6
- *    sectors; for longer ones every prefix and suffix cut, or a seeded
- *    sample of them, and a few seeded sector masks and holes).  A sector
- *    is written whole or not at all.  Octets past the old end that no
- *    persisted write covers read as zeros (data=ordered: never stale
- *    blocks).
+ *    sectors reached the disk (every combination for writes of up to 6
+ *    sectors, 10 in the long form; for longer ones every prefix and
+ *    every suffix cut, or a seeded sample of 12 (64) of each, and 4 (16)
+ *    seeded sector masks or holes).  A sector is written whole or not at
+ *    all.  Octets past the old end that no persisted write covers read as
+ *    zeros (data=ordered: never stale blocks).
  * A crash state is a cut after the first k operations of a trace and one
  * such choice per file.  Where the choices of a cut are few (the product
  * of both files' choices up to a limit) all are built; where they are many
@@ -54,6 +54,12 @@
  *             recovery recorded on that, and the cuts of both traces
  *             together from k on: a power cut during a recovery that
  *             read data not yet on disk.
+ * Shapes: small (6 messages, 2.7 KB: one chunk), multi (16 messages,
+ * 42 KB: 11 chunks with tests/powerloss-4k, records in both slots), big
+ * (5 messages, 9.4 MB: 3 chunks of 4 MiB; tests/powerloss only).
+ * Patterns: delete all, the oldest, every other, the newest, the largest.
+ * Then the regression cases (run_regress): the states in which this tool
+ * first found mail lost, each checked on its own.
  *
  * Usage: powerloss [--long] [--seed N] [--dir DIR] [-k SUBSTRING] [-v]
  *                  [--trace] [--max-lost N]
