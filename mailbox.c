@@ -2187,8 +2187,10 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
  * The journal: a header (the mailbox's device and inode, its old size
  * "old", the final size, the runs, a digest of the last octets before
  * old) with an MD5 over it, written and synced before the first mailbox
- * write; then two record slots used in turn, each record with a sequence
- * number and an MD5, so that a torn record leaves the other one whole.
+ * write, and after an fsync of the mailbox (mail appended without one
+ * must not vanish under a synced plan); then two record slots used in
+ * turn, each record with a sequence number and a checksum, so that a
+ * torn record leaves the other one whole.
  * A record says "output [0, pos) is on disk", and a data record also
  * "output [pos, pos + len) is these octets"; the redo point D is then pos
  * (pos + len).  Without a record, D is the first octet that moves.
@@ -2456,6 +2458,20 @@ mb_sync(struct upd *u)
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Makes the mailbox as read so far durable, before a plan or a redo is
+ * built on it: mail an MDA appended without an fsync, or what a killed
+ * UPDATE or recovery left in the page cache, could otherwise vanish in a
+ * power cut while a synced journal describes it (and recovery would take
+ * a file shorter than the plan's end for one already cut).
+ */
+static int
+mb_sync_read(struct upd *u)
+{
+	u->dirty = 1;
+	return mb_sync(u);
 }
 
 static int
@@ -2735,7 +2751,7 @@ mailbox_compact(struct mailbox *mb, off_t cur)
 	u.redo = plan_start(p);
 	if (u.redo == p->final)		/* only a cut, which is atomic */
 		u.jfd = -1;
-	if (u.jfd >= 0 && journal_begin(&u) < 0)
+	if (u.jfd >= 0 && (mb_sync_read(&u) < 0 || journal_begin(&u) < 0))
 		r = MB_TEMP;
 	else if (plan_run(&u, u.redo) < 0 || plan_finish(&u) < 0) {
 		r = MB_TEMP;
@@ -2995,6 +3011,9 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
  * is the mailbox's fstat, refreshed when the file changed.
  *
  * - An empty journal: nothing pending.
+ * - Both files are synced first: after a kill they may be partly in the
+ *   page cache, and nothing may be written on the strength of a record
+ *   that a power cut could still take back.
  * - A torn header (bad magic or MD5): the header is synced before the
  *   first mailbox write, so the mailbox was never written; the journal is
  *   emptied and the mailbox left alone.  Any other journal that cannot be
@@ -3043,6 +3062,13 @@ journal_recover(struct mailbox *mb, struct stat *st)
 	p = &u.p;
 	sigfillset(&all);
 	sigprocmask(SIG_BLOCK, &all, &old);
+	/* after a kill, the journal and the mailbox may still be partly in
+	 * the page cache: what is read here must be on disk before any
+	 * write is based on it (a record that a power cut could still take
+	 * back would otherwise direct writes that destroy the octets the
+	 * older record needs) */
+	if (jr_sync(&u) < 0 || mb_sync_read(&u) < 0)
+		goto fail;
 	why = journal_load(&u, &jst, st, &rec, &have);
 	if (why == NULL) {
 		int intact = z >= p->old && plan_tail(mb, p, d) == 0 &&

@@ -740,6 +740,39 @@ drop_privileges(const struct account *acct)
  * per maildrop, plus journals that wait.
  */
 
+/* Syncs directory dir after a name was made in it, so that a power cut
+ * cannot take the name back while the file's own fsync stands (POSIX asks
+ * for it; ext4, XFS and btrfs persist the name with the file anyway). */
+static void
+sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || fsync(fd) < 0)
+		logmsg(LOG_ERR, "%s: fsync: %m", dir);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* mkdir(path, mode), and the parent synced when it made the name.
+ * Returns 0 (made, or there already), or -1. */
+static int
+make_dir(const char *path, mode_t mode)
+{
+	char parent[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+
+	if (mkdir(path, mode) < 0)
+		return errno == EEXIST ? 0 : -1;
+	(void)chmod(path, mode);			/* umask 077 */
+	if (slash != NULL && (size_t)(slash - path) < sizeof(parent)) {
+		memcpy(parent, path, (size_t)(slash - path));
+		parent[slash - path] = '\0';
+		sync_dir(slash == path ? "/" : parent);
+	}
+	return 0;
+}
+
 /* Is path a directory that no one but owner (or root, when root_ok)
  * can change? */
 static int
@@ -766,9 +799,8 @@ state_prepare(const struct config *cfg, const struct account *acct)
 	struct stat st;
 	int fd, n;
 
-	if (mkdir(base, 0711) == 0)
-		(void)chmod(base, 0711);		/* umask 077 */
-	if (!dir_closed(base, 0, 0) || lstat(base, &st) < 0 ||
+	if (make_dir(base, 0711) < 0 || !dir_closed(base, 0, 0) ||
+	    lstat(base, &st) < 0 ||
 	    ((st.st_mode & 0111) != 0111 &&
 	    chmod(base, (st.st_mode & 07777) | 0111) < 0)) {
 		logmsg(LOG_ERR, "%s: not a state directory of root's", base);
@@ -776,8 +808,7 @@ state_prepare(const struct config *cfg, const struct account *acct)
 	}
 	n = snprintf(dir, sizeof(dir), "%s/%lu", base,
 	    (unsigned long)acct->uid);
-	if (n < 0 || (size_t)n >= sizeof(dir) ||
-	    (mkdir(dir, 0700) < 0 && errno != EEXIST))
+	if (n < 0 || (size_t)n >= sizeof(dir) || make_dir(dir, 0700) < 0)
 		return -1;
 	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd >= 0 && fstat(fd, &st) == 0 &&
@@ -877,8 +908,7 @@ cand_dir(const struct cand *c, int create, int named, char *buf,
 		return -1;
 	n = snprintf(buf, size, "%s/%s", strcmp(c->parent, "/") == 0 ? "" :
 	    c->parent, c->leaf);
-	if (n < 0 || (size_t)n >= size ||
-	    (create && mkdir(buf, 0700) < 0 && errno != EEXIST))
+	if (n < 0 || (size_t)n >= size || (create && make_dir(buf, 0700) < 0))
 		return -1;
 	return dir_closed(buf, geteuid(), 0) ? 0 : -1;
 }
@@ -1039,9 +1069,10 @@ state_lock(const struct config *cfg, const struct account *acct, int fd,
 	struct cand c[STATE_CANDS];
 	int n = state_candidates(cfg, acct, c), named = !cfg->root &&
 	    cfg->state_dir != NULL, i;
-	char jdir[PATH_MAX], note[64];
+	char jdir[PATH_MAX], path[PATH_MAX], note[64];
 	struct stat sb;
 	ssize_t got;
+	int fresh;
 
 	if (fstat(fd, &sb) < 0)
 		return R_SYSTEMP;
@@ -1075,8 +1106,14 @@ state_lock(const struct config *cfg, const struct account *acct, int fd,
 	}
 	if (st->wait_fd < 0)
 		snprintf(jdir, sizeof(jdir), "%s", st->dir);
+	/* a journal made now: its name must be on disk before an UPDATE
+	 * relies on it (the session lock keeps this free of races) */
+	fresh = state_path(jdir, st->key, "journal", path, sizeof(path)) &&
+	    lstat(path, &sb) < 0 && errno == ENOENT;
 	if ((st->journal_fd = state_file(jdir, st->key, "journal")) < 0)
 		return R_SYSTEMP;
+	if (fresh)
+		sync_dir(jdir);
 	st->cache_fd = state_file(st->dir, st->key, "cache");
 	return R_SENT;
 }

@@ -84,11 +84,17 @@
 #define MBOX_SETTLE_QUIT_MS	20
 
 /* Octets of output per write at UPDATE, and the largest journal data
- * record: few system calls, and a session process that stays small. */
+ * record: few system calls, and a session process that stays small.
+ * (Both can be set with -D for tests/powerloss-4k, whose small mailboxes
+ * then take many chunks and records.) */
+#ifndef MBOX_UPDATE_CHUNK
 #define MBOX_UPDATE_CHUNK	(4U << 20)
+#endif
 /* Smallest journal record slot: a recovery that also moves mail delivered
  * after the crash may need bigger records than the interrupted update. */
+#ifndef MBOX_SLOT_MIN
 #define MBOX_SLOT_MIN		(256U << 10)
+#endif
 
 /* Defaults that an option can change. */
 #define POP3D_MAILBOX		"/var/mail/%u"
