@@ -33,6 +33,11 @@ def journal_name(h):
     copy = os.path.join(case, "faultinject.so")
     shutil.copy(shim, copy)
     os.chmod(copy, 0o755)
+    # a maildrop file (a missing one is empty and has no state at all)
+    mbox = os.path.join(case, "mail", h.ENV.user)
+    shutil.copy(os.path.join(h.FIX, "seed.mbox"), mbox)
+    if h.ROOT:
+        os.chown(mbox, h.ENV.u1.pw_uid, h.ENV.u1.pw_gid)
     syncs = []
     for n in (1, 2):
         env = h.ENV.session_env()
