@@ -14,8 +14,11 @@ ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CF
 LDHARDEN = -pie -Wl,-z,relro,-z,now
 LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
-OBJS	 = pop3d.o auth.o mailbox.o io.o log.o
-HDRS	 = pop3d.h io.h mailbox.h auth.h
+MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
+MBSRCS	 = $(MBOBJS:.o=.c)
+SESSOBJS =
+OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
+HDRS	 = pop3d.h io.h mailbox.h mailbox_int.h auth.h journal.h plan.h
 
 all: pop3d
 
@@ -26,7 +29,7 @@ pop3d: $(OBJS)
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 # Unit tests link the modules without main() (pop3d.c guards it).
-UNITOBJS = mailbox.o io.o log.o
+UNITOBJS = $(MBOBJS) io.o log.o
 tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
 
@@ -35,9 +38,10 @@ tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 FUZZBINS = tests/fuzz_session tests/fuzz_mbox
 tests/pop3d-nomain.o: pop3d.c $(HDRS)
 	$(CC) $(ALLCFLAGS) -DPOP3D_NO_MAIN -c -o $@ pop3d.c
-tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.o $(UNITOBJS)
+tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.o \
+		$(SESSOBJS) $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/session.c \
-		tests/pop3d-nomain.o $(UNITOBJS) $(LIBS)
+		tests/pop3d-nomain.o $(SESSOBJS) $(UNITOBJS) $(LIBS)
 tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
 		$(UNITOBJS) $(LIBS)
@@ -50,8 +54,9 @@ FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
 fuzz:
 	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
-		pop3d.c mailbox.c io.c log.c $(LIBS)
-	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c mailbox.c io.c \
+		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) io.c \
+		log.c $(LIBS)
+	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
 		log.c $(LIBS)
 	tests/tmp/fuzz/session -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-session \
@@ -187,7 +192,7 @@ mutants:
 #  - bugprone-not-null-terminated-result: auth.c copies the PAM user name
 #    into a zeroed, length-bounded reply record, not a C string.
 #  - bugprone-reserved-identifier, cert-dcl37-c/dcl51-cpp: _GNU_SOURCE.
-SRCS	 = pop3d.c auth.c mailbox.c io.c log.c
+SRCS	 = pop3d.c $(SESSOBJS:.o=.c) auth.c $(MBSRCS) io.c log.c
 analyze:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability \
 		--inline-suppr --suppress=missingIncludeSystem -D__linux__ \
@@ -212,7 +217,7 @@ bench: pop3d
 # Power-cut replay of UPDATE and recovery (tests/powerloss.c): linked like
 # tests/unit, with the mailbox's writes and syncs wrapped by the linker so
 # that they are recorded.  tests/powerloss-4k is the same with 4 KiB chunks
-# and record slots (tests/mailbox-4k.o), so that small mailboxes take many
+# and record slots (tests/update-4k.o, tests/journal-4k.o), so that small mailboxes take many
 # records.  `make check` runs the short form (tests/suites/powerloss.py),
 # `make powerloss` the long one.
 PLWRAP	 = -Wl,--wrap=pwrite64,--wrap=write,--wrap=ftruncate64 \
@@ -224,11 +229,13 @@ PLBINS	 = tests/powerloss tests/powerloss-4k
 tests/powerloss: tests/powerloss.c $(UNITOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) -I. $(LDFLAGS) $(PLWRAP) -o $@ tests/powerloss.c \
 		$(UNITOBJS) $(LIBS)
-tests/mailbox-4k.o: mailbox.c $(HDRS)
-	$(CC) $(ALLCFLAGS) $(PL4K) -c -o $@ mailbox.c
-tests/powerloss-4k: tests/powerloss.c tests/mailbox-4k.o io.o log.o $(HDRS)
+PL4KSRCS = update.c journal.c
+PL4KOBJS = $(filter-out $(PL4KSRCS:.c=.o),$(UNITOBJS)) $(PL4KSRCS:%.c=tests/%-4k.o)
+tests/%-4k.o: %.c $(HDRS)
+	$(CC) $(ALLCFLAGS) $(PL4K) -c -o $@ $<
+tests/powerloss-4k: tests/powerloss.c $(PL4KOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) $(PL4K) -I. $(LDFLAGS) $(PLWRAP) -o $@ \
-		tests/powerloss.c tests/mailbox-4k.o io.o log.o $(LIBS)
+		tests/powerloss.c $(PL4KOBJS) $(LIBS)
 
 # The long form (-Werror build), ending with the line "powerloss: N crash
 # states checked, N recovered, N lost"; a few minutes.
@@ -244,10 +251,10 @@ powerloss-build:
 		echo "$$f" > $(STAMP); fi
 	$(MAKE) EXTRA_CFLAGS='$(CHECKFLAGS) $(EXTRA_CFLAGS)' $(PLBINS)
 
-# Breaks the commit order of a scratch copy of mailbox.c in several ways
+# Breaks the commit order of a scratch copy of the mailbox sources in several ways
 # and checks that the short form loses states with each (tests/tmp/mutants).
 powerloss-mutants: powerloss-build
-	$(PYTHON) tests/powerloss-mutants \
+	PLSRCS='$(UNITOBJS:.o=.c)' $(PYTHON) tests/powerloss-mutants \
 		'$(CC) $(ALLCFLAGS) $(CHECKFLAGS) $(PL4K) -I.' \
 		'$(PLWRAP)' '$(LIBS)'
 

@@ -1,7 +1,11 @@
 /*
- * io.c: the bounded line reader from the client and the buffered reply
- * writer to it.  Timeouts use poll() on the input and on the output, never
- * alarm(); no call here waits for the client past its io_limit.
+ * io.c: the bounded line reader from the client, the buffered reply
+ * writer to it, the retry loops of read/write/pread/pwrite (read_full,
+ * write_full, read_at, write_at), and message output: LF->CRLF and
+ * dot-stuffing (out_emit).  Timeouts use poll() on the input and on the
+ * output, never alarm(); no call here waits for the client past its
+ * io_limit.
+ * Calls: log.c.
  */
 #include <errno.h>
 #include <limits.h>
@@ -195,7 +199,6 @@ out_init(struct out *out, int fd, const struct io_limit *limit)
 	out->error = 0;
 	out->timedout = 0;
 	out->len = 0;
-	out->total = 0;
 }
 
 /* Reads exactly len bytes.  Returns 0, or -1 on EOF, error or (errno
@@ -282,7 +285,6 @@ out_flush(struct out *out)
 			n = out_some(out, out->buf + off, out->len - off);
 			if (n > 0) {
 				off += (size_t)n;
-				out->total += (uint64_t)n;
 				continue;
 			}
 			if (n < 0 && errno == EINTR)
@@ -341,4 +343,95 @@ out_printf(struct out *out, const char *fmt, ...)
 	if (n < 0)
 		return;
 	out_write(out, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* Reads len octets at off.  Returns the count read (short only at EOF),
+ * or -1 with errno set. */
+ssize_t
+read_at(int fd, unsigned char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done,
+		    off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* Writes len octets at off.  Returns 0, or -1 with errno set. */
+int
+write_at(int fd, const unsigned char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, buf + done, len - done,
+		    off + (off_t)done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {
+			errno = EIO;
+			return -1;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* ---- message output: LF->CRLF and dot-stuffing -------------------- */
+
+void
+out_emit_init(struct emit *em)
+{
+	em->bol = 1;
+	em->cr = 0;
+}
+
+void
+out_emit(struct out *out, const unsigned char *p, size_t len,
+    struct emit *em)
+{
+	while (len > 0) {
+		const unsigned char *lf;
+		size_t n;
+
+		if (em->bol && p[0] == '.')
+			out_write(out, ".", 1);
+		lf = memchr(p, '\n', len);
+		n = lf != NULL ? (size_t)(lf - p) : len;
+		if (n > 0) {
+			out_write(out, p, n);
+			em->cr = p[n - 1] == '\r';
+			em->bol = 0;
+		}
+		if (lf == NULL)
+			break;
+		/* a stored CRLF stays one CRLF */
+		out_write(out, em->cr ? "\n" : "\r\n", em->cr ? 1 : 2);
+		em->bol = 1;
+		em->cr = 0;
+		p += n + 1;
+		len -= n + 1;
+	}
+}
+
+void
+out_emit_end(struct out *out, struct emit *em)
+{
+	if (!em->bol)
+		out_write(out, em->cr ? "\n" : "\r\n", em->cr ? 1 : 2);
+	out_write(out, ".\r\n", 3);
+	out_emit_init(em);
 }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "pop3d.h"
 
 /*
@@ -40,7 +41,6 @@ struct out {
 	int		 error;			/* a write failed: client gone */
 	int		 timedout;		/* ... because of the limit */
 	size_t		 len;
-	uint64_t	 total;			/* octets written, for the log */
 	unsigned char	 buf[POP3D_OUTBUF];
 };
 
@@ -76,6 +76,11 @@ size_t	in_pending(const struct in *);
  * when lim ended a wait (errno ETIMEDOUT). */
 int	read_full(int fd, void *buf, size_t len, const struct io_limit *lim);
 int	write_full(int fd, const void *buf, size_t len);
+/* Read or write len octets at off (pread/pwrite), retrying on EINTR and
+ * short counts.  read_at returns the count read (short only at end of
+ * file) or -1; write_at 0 or -1; errno set. */
+ssize_t	read_at(int fd, unsigned char *buf, size_t len, off_t off);
+int	write_at(int fd, const unsigned char *buf, size_t len, off_t off);
 
 /* fd may be a socket, a pipe, a tty or a regular file, shared with other
  * processes: its file status flags are left alone. */
@@ -87,5 +92,22 @@ void	out_printf(struct out *, const char *fmt, ...)
 /* Returns 0, or -1 when the client is gone or did not take the output
  * within the limit (out->error set; out->timedout for the latter). */
 int	out_flush(struct out *);
+
+/*
+ * Streaming LF->CRLF and dot-stuffing, for mailbox_send and the unit
+ * tests.  A message is sent as out_emit_init(), any number of
+ * out_emit() calls on consecutive pieces of it (split anywhere), then
+ * out_emit_end().  A stored CRLF is sent as it is (one CRLF, never
+ * CR CR LF); any other LF becomes CRLF.  out_emit_end() completes a
+ * last line that has no LF and writes the terminating ".\r\n".
+ */
+struct emit {
+	int	bol;		/* the next octet starts a line */
+	int	cr;		/* the last octet written was a CR */
+};
+void	out_emit_init(struct emit *);
+void	out_emit(struct out *, const unsigned char *src, size_t len,
+	    struct emit *);
+void	out_emit_end(struct out *, struct emit *);
 
 #endif

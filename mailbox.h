@@ -64,13 +64,12 @@ int		mailbox_is_deleted(const struct mailbox *, unsigned n);
 void		mailbox_delete(struct mailbox *, unsigned n);
 void		mailbox_reset(struct mailbox *);
 /* Checks an X-UID id template (--uidl-format; the syntax of Dovecot's
- * pop3_uidl_format, see mailbox.c).  Returns 0, or -1 when pop3d does
+ * pop3_uidl_format, see uidl.c).  Returns 0, or -1 when pop3d does
  * not support it or its ids could be invalid. */
 int		mailbox_uidl_format_check(const char *fmt);
 /* Writes the unique-id of message n (1..70 printable octets) into buf. */
 void		mailbox_uidl(const struct mailbox *, unsigned n,
 		    char buf[POP3D_UIDL_MAX + 1]);
-/* Bytes and messages retrieved, deleted: for the session summary. */
 
 /* From now on, mailbox_update() refuses (MB_TEMP): a journal of the
  * file this maildrop's path named before waits for an administrator. */
@@ -104,28 +103,11 @@ int	mailbox_send(struct mailbox *, unsigned n, long lines, struct out *);
  * scan, under both locks, then writes the scan cache for the result.
  * Does nothing (and writes nothing) when no message is deleted, and
  * refuses (MB_TEMP) while a pending journal that does not fit this file
- * is kept (see journal_recover in mailbox.c).  After
+ * is kept (see update_recover in update.c).  After
  * it, the message list may describe the compacted file: only
  * mailbox_stat() and mailbox_close() are meant to follow.
  * Returns MB_OK, MB_TEMP, MB_LOCKED or MB_CHANGED.
  */
 int	mailbox_update(struct mailbox *);
-
-/*
- * Streaming LF->CRLF and dot-stuffing, for mailbox_send and the unit
- * tests.  A message is sent as mailbox_emit_init(), any number of
- * mailbox_emit() calls on consecutive pieces of it (split anywhere), then
- * mailbox_emit_end().  A stored CRLF is sent as it is (one CRLF, never
- * CR CR LF); any other LF becomes CRLF.  mailbox_emit_end() completes a
- * last line that has no LF and writes the terminating ".\r\n".
- */
-struct emit {
-	int	bol;		/* the next octet starts a line */
-	int	cr;		/* the last octet written was a CR */
-};
-void	mailbox_emit_init(struct emit *);
-void	mailbox_emit(struct out *, const unsigned char *src, size_t len,
-	    struct emit *);
-void	mailbox_emit_end(struct out *, struct emit *);
 
 #endif

@@ -350,7 +350,7 @@ __wrap_unlinkat(int d, const char *a, int fl)
 }
 
 /*
- * mailbox_settle() waits, after a scan, until the coarse clock is past
+ * lock_settle() waits, after a scan, until the coarse clock is past
  * the file's mtime (at most a clock tick after a recovery wrote it).
  * That wait protects against later writers, of which there are none
  * here; skipping it makes the thousands of opens ~2 ms faster each.

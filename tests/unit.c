@@ -772,7 +772,7 @@ test_top(const struct top_case *c)
 	mailbox_close(mb);
 }
 
-/* ---- mailbox_emit across piece boundaries ---------------------------- */
+/* ---- out_emit across piece boundaries ---------------------------- */
 
 static struct buf
 emit_pieces(const unsigned char *src, size_t len, size_t cut1, size_t cut2)
@@ -788,11 +788,11 @@ emit_pieces(const unsigned char *src, size_t len, size_t cut1, size_t cut2)
 		exit(2);
 	unlink(path);
 	out_init(out, fd, NULL);
-	mailbox_emit_init(&em);
-	mailbox_emit(out, src, cut1, &em);
-	mailbox_emit(out, src + cut1, cut2 - cut1, &em);
-	mailbox_emit(out, src + cut2, len - cut2, &em);
-	mailbox_emit_end(out, &em);
+	out_emit_init(&em);
+	out_emit(out, src, cut1, &em);
+	out_emit(out, src + cut1, cut2 - cut1, &em);
+	out_emit(out, src + cut2, len - cut2, &em);
+	out_emit_end(out, &em);
 	out_flush(out);
 	free(out);
 	b.len = (size_t)lseek(fd, 0, SEEK_END);
