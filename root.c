@@ -1,0 +1,233 @@
+/*
+ * root.c: what runs as root: the pre-auth child (forked, confined by
+ * priv.c, reading the AUTHORIZATION state and sending each login attempt
+ * as one bounded record over a socketpair), the parent's loop that checks
+ * those records, and the child's exit status that tells how it ended.
+ * Calls: session.c (the loop, the login check, session_start), priv.c,
+ * io.c, log.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <netdb.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+#include <md5.h>
+
+#include "priv.h"
+#include "root.h"
+#include "session.h"
+
+/* The record the pre-auth child sends per login attempt. */
+struct login_rec {
+	uint32_t	ulen, plen;
+	char		user[POP3D_USER_MAX + 1];
+	char		pass[POP3D_PASS_MAX + 1];
+};
+
+/*
+ * Pre-auth child: sends the attempt to the parent and waits for its
+ * verdict.  On success hands over the pipelined input and exits: the
+ * parent answers from then on.
+ */
+static int
+login_child(struct session *s, const char *user, char *pass)
+{
+	struct login_rec rec;
+	uint32_t left;
+	char v;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.ulen = (uint32_t)strnlen(user, POP3D_USER_MAX);
+	rec.plen = (uint32_t)strnlen(pass, POP3D_PASS_MAX);
+	memcpy(rec.user, user, rec.ulen);
+	memcpy(rec.pass, pass, rec.plen);
+	if (strlen(user) > POP3D_USER_MAX || strlen(pass) > POP3D_PASS_MAX)
+		rec.ulen = 0;	/* never cut: refused like a wrong password */
+	explicit_bzero(pass, strlen(pass));
+	if (out_flush(&s->out) < 0) {
+		explicit_bzero(&rec, sizeof(rec));
+		s->done = 1;
+		s->how = s->out.timedout ? "timeout" : "disconnect";
+		return R_CLOSE;
+	}
+	/* the parent's check, not the client, takes this time */
+	if (write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
+	    read_full(s->priv_fd, &v, 1, NULL) < 0) {
+		explicit_bzero(&rec, sizeof(rec));
+		_exit(1);
+	}
+	explicit_bzero(&rec, sizeof(rec));
+	if (v == 'N')
+		return R_AUTH;
+	if (v != 'Y')
+		return R_SYSTEMP;
+	left = (uint32_t)in_pending(&s->in);
+	if (write_full(s->priv_fd, &left, sizeof(left)) < 0 ||
+	    write_full(s->priv_fd, s->in.buf + s->in.start, left) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+/*
+ * Root mode, in the parent: the limit of a wait for the pre-auth child.
+ * The child keeps the session's own limit and ends itself by then; this
+ * backstop, POP3D_AUTH_GRACE later (counted from now if the parent's own
+ * PAM check used up the budget), only ends a child that is stuck.
+ */
+static struct io_limit *
+child_limit(const struct session *s, struct io_limit *lim)
+{
+	int64_t now = io_now();
+
+	lim->end = (s->limit.end > now ? s->limit.end : now) +
+	    (int64_t)POP3D_AUTH_GRACE * 1000;
+	lim->idle = 0;
+	return lim;
+}
+
+/*
+ * Root mode, in the parent: checks each attempt the child sends.  Returns
+ * 1 when a login succeeded (s->acct and s->in are set), 0 when the child
+ * ended the session, -1 when it did not end in time.
+ */
+static int
+parent_auth(struct session *s, int fd)
+{
+	struct login_rec rec;
+	struct io_limit lim;
+	uint32_t left;
+	char buf[POP3D_INBUF];
+	int fails = 0, r;
+
+	while (fails < POP3D_MAX_FAILS) {
+		if (read_full(fd, &rec, sizeof(rec), child_limit(s, &lim)) < 0)
+			return errno == ETIMEDOUT ? -1 : 0;
+		if (rec.ulen > POP3D_USER_MAX || rec.plen > POP3D_PASS_MAX)
+			fatalx("bad record from the pre-auth child");
+		rec.user[rec.ulen] = '\0';
+		rec.pass[rec.plen] = '\0';
+		/* a NUL inside the name shortens it: refuse that outright */
+		if (strlen(rec.user) != rec.ulen)
+			rec.user[0] = '\0';
+		r = session_check_login(s, rec.user, rec.pass);
+		explicit_bzero(&rec, sizeof(rec));
+		if (r == AUTH_OK) {
+			if (write_full(fd, "Y", 1) < 0)
+				return 0;
+			if (read_full(fd, &left, sizeof(left),
+			    child_limit(s, &lim)) < 0 ||
+			    (left <= sizeof(buf) && read_full(fd, buf, left,
+			    child_limit(s, &lim)) < 0))
+				return errno == ETIMEDOUT ? -1 : 0;
+			if (left > sizeof(buf))
+				return 0;
+			in_preload(&s->in, buf, left);
+			return 1;
+		}
+		fails++;
+		if (write_full(fd, r == AUTH_TEMP ? "T" : "N", 1) < 0)
+			break;
+	}
+	return 0;
+}
+
+/* How a session can end, for the log; the pre-auth child reports it to
+ * the parent as its exit status (an index into this table). */
+static const char *const end_names[] = {
+	"aborted", "quit", "timeout", "disconnect", "auth failures",
+	"bad commands"
+};
+#define NENDS	(int)(sizeof(end_names) / sizeof(end_names[0]))
+
+static int
+end_code(const char *how)
+{
+	int i;
+
+	for (i = 1; how != NULL && i < NENDS; i++)
+		if (strcmp(how, end_names[i]) == 0)
+			return i;
+	return 0;
+}
+
+/* Root mode: forks the pre-auth child and serves the session after it. */
+int
+root_run(struct session *s)
+{
+	const struct passwd *pw = getpwnam(POP3D_USER);
+	struct stat st;
+	int sv[2], status, ok;
+	pid_t pid;
+
+	if (pw == NULL || pw->pw_uid == 0) {
+		logmsg(LOG_ERR, "user %s is missing; run make install",
+		    POP3D_USER);
+		session_error(s, R_SYSTEMP);
+		return 1;
+	}
+	if (stat(POP3D_EMPTY_DIR, &st) < 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != 0 || (st.st_mode & 022) != 0) {
+		logmsg(LOG_ERR, "directory %s is missing or unsafe; run make "
+		    "install", POP3D_EMPTY_DIR);
+		session_error(s, R_SYSTEMP);
+		return 1;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		fatal("socketpair");
+	if ((pid = fork()) < 0)
+		fatal("fork");
+	if (pid == 0) {
+		close(sv[0]);
+		priv_confine_child(pw);
+		s->priv_fd = sv[1];
+		s->login = login_child;
+		out_str(&s->out, "+OK pop3d ready.\r\n");
+		session_loop(s);
+		_exit(end_code(s->how));
+	}
+	close(sv[1]);
+	ok = parent_auth(s, sv[0]);
+	close(sv[0]);
+	if (ok < 0) {
+		logmsg(LOG_WARNING, "pre-auth child did not end in time; "
+		    "killed");
+		kill(pid, SIGKILL);
+	}
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (ok < 0) {
+		session_error(s, R_TIMEOUT);
+		s->how = "timeout";
+		return 0;
+	}
+	if (!ok) {
+		s->how = WIFEXITED(status) ?
+		    end_names[WEXITSTATUS(status) % NENDS] : "aborted";
+		return 0;
+	}
+	session_error(s, session_start(s));
+	session_loop(s);
+	return 0;
+}

@@ -1,0 +1,50 @@
+/*
+ * session.h: struct session and what root.c and pop3d.c call in
+ * session.c.
+ */
+#ifndef SESSION_H
+#define SESSION_H
+
+#include "auth.h"
+#include "io.h"
+#include "mailbox.h"
+#include "outcome.h"
+#include "pop3d.h"
+#include "state.h"
+
+enum { ST_AUTH = 1, ST_TRANS = 2 };
+
+struct session {
+	const struct config	*cfg;
+	struct io_limit		 limit;		/* of every wait for the client */
+	struct in		 in;
+	struct out		 out;
+	int			 state;
+	int			 priv_fd;	/* to the parent, in the child */
+	/* the pre-auth child's login (root.c): to the parent; NULL: here */
+	int			(*login)(struct session *, const char *user,
+				    char *pass);
+	int			 fails, bad;
+	int			 done;		/* QUIT or a fatal reply */
+	const char		*how;		/* how it ended, for the log */
+	char			 user[POP3D_USER_MAX + 1];
+	int			 have_user;
+	const char		*rhost;
+	struct account		 acct;
+	struct mailbox		*mb;
+	uint64_t		 total_bytes;	/* at login, for the log */
+	struct state		 st;		/* the account's state files */
+	unsigned		 retr_n, del_n;
+	uint64_t		 retr_bytes, del_bytes;
+};
+
+void	session_limit(struct session *s, int64_t connected);
+int	session_start(struct session *s);
+int	session_check_login(struct session *s, const char *user, char *pass);
+void	session_error(struct session *s, int r);
+void	session_loop(struct session *s);
+void	session_log_summary(const struct session *s);
+/* The -ERR text of each outcome R_ (after "-ERR "). */
+extern const char *const session_errtext[];
+
+#endif
