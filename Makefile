@@ -18,7 +18,7 @@ MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
 SESSOBJS = session.o root.o priv.o state.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
-HDRS	 = pop3d.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
+HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
 	   state.h priv.h root.h journal.h plan.h
 
 all: pop3d
