@@ -5,7 +5,7 @@
 #
 # Generates a deterministic maildrop of MESSAGES messages of 1-12 KB
 # (10000: about 65 MB) and times mailbox_update() alone -- a small C driver
-# linked against mailbox.o calls mailbox_open, mailbox_delete and
+# linked against the mailbox objects calls mailbox_open, mailbox_delete and
 # mailbox_update -- for "delete all", "delete the oldest message" and
 # "delete half", with the journal (what pop3d does) and with journal_fd -1
 # (plain in-place compaction without crash safety, the same chunked copy).
@@ -17,7 +17,9 @@ set -eu
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 RUNS=${2:-5}
-make -s mailbox.o io.o log.o
+# the objects of tests/unit (UNITOBJS in the Makefile)
+OBJS="mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o io.o log.o"
+make -s $OBJS
 mkdir -p bench/tmp
 W=$(mktemp -d bench/tmp/update-cost.XXXXXX)
 trap 'rm -rf "$W"' EXIT INT TERM
@@ -69,7 +71,7 @@ main(int argc, char **argv)
 }
 EOF
 cc -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -O2 -I. -o "$W/driver" \
-	"$W/driver.c" mailbox.o io.o log.o -lpam -lcrypt -llockfile -lmd -lxxhash
+	"$W/driver.c" $OBJS -lpam -lcrypt -llockfile -lmd -lxxhash
 
 /usr/bin/python3 - "$N" "$W/master" <<'EOF'
 import random, sys

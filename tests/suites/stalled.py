@@ -29,8 +29,8 @@ H = None
 
 
 def grace():
-    """POP3D_AUTH_GRACE from pop3d.h: the parent's backstop."""
-    with open(os.path.join(H.TOP, "pop3d.h")) as f:
+    """POP3D_AUTH_GRACE from params.h: the parent's backstop."""
+    with open(os.path.join(H.TOP, "params.h")) as f:
         return int(re.search(r"#define POP3D_AUTH_GRACE\s+(\d+)", f.read()).group(1))
 
 
