@@ -16,7 +16,7 @@ LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
 	   state.h priv.h root.h journal.h plan.h
@@ -188,7 +188,7 @@ mutants:
 #    flags every memcpy/snprintf (C11 Annex K advice, not a finding).
 #  - clang-analyzer-valist.Uninitialized: clang 14 false positive on every
 #    va_start/vsnprintf pair (io.c out_printf, log.c).
-#  - bugprone-suspicious-missing-comma: pop3d.c errtext[] joins two string
+#  - bugprone-suspicious-missing-comma: outcome.c outcomes[] joins two string
 #    literals into one message on purpose.
 #  - bugprone-not-null-terminated-result: auth.c copies the PAM user name
 #    into a zeroed, length-bounded reply record, not a C string.

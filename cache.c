@@ -44,7 +44,8 @@
  * line then a valid From_ line where the scan resumes); any doubt means
  * a full scan.  A wrong cache that passed could still not damage mail:
  * UPDATE re-checks the fingerprint of every kept message before writing
- * (mailbox_verify(mb, -1)), and RETR/TOP check the message they send.
+ * (verify_file(mb, -1) in mailbox.c), and RETR/TOP check the message
+ * they send.
  */
 
 #define CACHE_VERSION	2

@@ -44,9 +44,10 @@ struct upd {
 int	journal_sync(struct upd *u);
 int	journal_clear(struct upd *u);
 int	journal_write(struct upd *u, uint64_t pos, uint64_t len);
-int	journal_tail(struct mailbox *mb, const struct plan *p, unsigned char *d);
+int	journal_tail(struct mailbox *mb, const struct plan *p,
+	    unsigned char *d);
 int	journal_begin(struct upd *u);
-const char *journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
-    struct jrec *rec, int *have);
+const char *journal_load(struct upd *u, const struct stat *jst,
+	    const struct stat *st, struct jrec *rec, int *have);
 
 #endif

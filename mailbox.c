@@ -41,7 +41,7 @@
  * the current size.  Returns MB_OK, MB_CHANGED or MB_TEMP.
  */
 static int
-mailbox_verify(struct mailbox *mb, long which, off_t *cur)
+verify_file(struct mailbox *mb, long which, off_t *cur)
 {
 	struct stat st, lst;
 	unsigned i;
@@ -86,7 +86,7 @@ mailbox_check(struct mailbox *mb, unsigned n)
 
 	if (mb->fd < 0)
 		return MB_OK;
-	return mailbox_verify(mb, n == 0 ? -1 : (long)n - 1, &cur);
+	return verify_file(mb, n == 0 ? -1 : (long)n - 1, &cur);
 }
 
 void
@@ -129,7 +129,7 @@ file_ok(const char *path, const struct stat *st, uid_t owner)
 
 /* Takes st as the file scanned: what change detection compares with. */
 static void
-mailbox_snapshot(struct mailbox *mb, const struct stat *st)
+snapshot(struct mailbox *mb, const struct stat *st)
 {
 	mb->dev = st->st_dev;
 	mb->ino = st->st_ino;
@@ -150,7 +150,7 @@ journal_idle(const struct mailbox *mb)
 /* Locks, re-checks, completes an interrupted UPDATE, scans, settles and
  * unlocks. */
 static int
-mailbox_load(struct mailbox *mb, uid_t owner)
+load_file(struct mailbox *mb, uid_t owner)
 {
 	struct stat st, lst;
 	off_t start = 0;		/* where the scan starts */
@@ -177,7 +177,7 @@ mailbox_load(struct mailbox *mb, uid_t owner)
 		if (why != NULL && why[0] != '\0')
 			logmsg(LOG_INFO, "%s: scan cache not used: %s",
 			    mb->path, why);
-		mailbox_snapshot(mb, &st);
+		snapshot(mb, &st);
 		r = scan_file(mb, start, octets);
 	}
 	if (r == MB_OK)
@@ -261,10 +261,10 @@ mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 		/* Nothing to read and no update to finish: no locks (in
 		 * root mode each dotlock costs a run of dotlockfile).  Mail
 		 * that arrives now is appended mail, as after a scan. */
-		mailbox_snapshot(mb, &st);
+		snapshot(mb, &st);
 		r = MB_OK;
 	} else
-		r = mailbox_load(mb, o->owner);
+		r = load_file(mb, o->owner);
 	if (r != MB_OK) {
 		mailbox_close(mb);
 		return r;
@@ -433,7 +433,7 @@ mailbox_send(struct mailbox *mb, unsigned n, long lines, struct out *out)
 			return MB_CLIENT;
 	}
 	/* a rewrite during the reads must not end in a complete message */
-	if ((r = mailbox_verify(mb, (long)n - 1, &cur)) != MB_OK)
+	if ((r = verify_file(mb, (long)n - 1, &cur)) != MB_OK)
 		return r;
 	out_emit_end(out, &em);
 	return out->error ? MB_CLIENT : MB_OK;
@@ -456,7 +456,7 @@ mailbox_update(struct mailbox *mb)
 	}
 	if ((r = lock_take(mb)) != MB_OK)
 		return r;
-	r = mailbox_verify(mb, -1, &cur);
+	r = verify_file(mb, -1, &cur);
 	/* the cache describes the file before the compaction: drop it
 	 * first, so that no session ever sees one for a half-moved file */
 	if (r == MB_OK && mb->cache_fd >= 0 && ftruncate(mb->cache_fd, 0) < 0) {

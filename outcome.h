@@ -1,6 +1,6 @@
 /*
  * outcome.h: outcomes of the command handlers and of maildrop_open
- * (R_), each with its -ERR text in session.c.
+ * (R_), each with its -ERR text and kind (outcome.c).
  */
 #ifndef OUTCOME_H
 #define OUTCOME_H
@@ -16,5 +16,16 @@ enum {
 	R_CLOSE		/* ends the session after the reply, if any */
 };
 
+/* Whose fault an outcome is: counted towards POP3D_MAX_BAD (O_CLIENT) or
+ * POP3D_MAX_FAILS (O_AUTH), or neither (O_SERVER; O_NONE: no error). */
+enum { O_NONE = 0, O_CLIENT, O_AUTH, O_SERVER };
+
+/* The -ERR text of outcome r (an error, not R_SENT or R_CLOSE). */
+const char	*outcome_text(int r);
+/* Its O_ kind. */
+int		 outcome_kind(int r);
+/* The outcome of a mailbox result MB_: MB_OK is R_SENT, MB_CLIENT
+ * R_CLOSE, MB_TEMP R_SYSTEMP, the others their R_ namesakes. */
+int		 outcome_mailbox(int mb);
 
 #endif

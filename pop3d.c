@@ -57,6 +57,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->cfg = cfg;
 	s->rhost = rhost;
 	s->priv_fd = -1;
+	s->how = END_NONE;
 	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
 	s->state = ST_AUTH;
 	session_limit(s, io_now());
@@ -113,7 +114,8 @@ list_uidl(const struct config *cfg, const char *user)
 	}
 	/* as a session would: a pending UPDATE is completed first */
 	if ((r = maildrop_open(cfg, &acct, &st, &mb)) != R_SENT) {
-		fprintf(stderr, "pop3d: %s: %s\n", acct.mailbox, session_errtext[r]);
+		fprintf(stderr, "pop3d: %s: %s\n", acct.mailbox,
+		    outcome_text(r));
 		state_close(&st);
 		return 1;
 	}

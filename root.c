@@ -69,7 +69,7 @@ login_child(struct session *s, const char *user, char *pass)
 	if (out_flush(&s->out) < 0) {
 		explicit_bzero(&rec, sizeof(rec));
 		s->done = 1;
-		s->how = s->out.timedout ? "timeout" : "disconnect";
+		s->how = s->out.timedout ? END_TIMEOUT : END_DISCONNECT;
 		return R_CLOSE;
 	}
 	/* the parent's check, not the client, takes this time */
@@ -153,25 +153,6 @@ parent_auth(struct session *s, int fd)
 	return 0;
 }
 
-/* How a session can end, for the log; the pre-auth child reports it to
- * the parent as its exit status (an index into this table). */
-static const char *const end_names[] = {
-	"aborted", "quit", "timeout", "disconnect", "auth failures",
-	"bad commands"
-};
-#define NENDS	(int)(sizeof(end_names) / sizeof(end_names[0]))
-
-static int
-end_code(const char *how)
-{
-	int i;
-
-	for (i = 1; how != NULL && i < NENDS; i++)
-		if (strcmp(how, end_names[i]) == 0)
-			return i;
-	return 0;
-}
-
 /* Root mode: forks the pre-auth child and serves the session after it. */
 int
 root_run(struct session *s)
@@ -205,7 +186,7 @@ root_run(struct session *s)
 		s->login = login_child;
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
-		_exit(end_code(s->how));
+		_exit(s->how == END_NONE ? END_ABORTED : s->how);
 	}
 	close(sv[1]);
 	ok = parent_auth(s, sv[0]);
@@ -219,12 +200,12 @@ root_run(struct session *s)
 		;
 	if (ok < 0) {
 		session_error(s, R_TIMEOUT);
-		s->how = "timeout";
+		s->how = END_TIMEOUT;
 		return 0;
 	}
 	if (!ok) {
 		s->how = WIFEXITED(status) ?
-		    end_names[WEXITSTATUS(status) % NENDS] : "aborted";
+		    WEXITSTATUS(status) % END_NONE : END_ABORTED;
 		return 0;
 	}
 	session_error(s, session_start(s));

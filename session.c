@@ -37,34 +37,6 @@
 
 #include "session.h"
 
-const char *const session_errtext[] = {
-	[R_UNKNOWN]	= "Unknown command.",
-	[R_STATE]	= "Command not valid in this state.",
-	[R_ARG]		= "Invalid argument.",
-	[R_NUMBER]	= "Invalid message number.",
-	[R_NOMSG]	= "No such message.",
-	[R_DELETED]	= "Message is deleted.",
-	[R_LINES]	= "Invalid line count.",
-	[R_NOUSER]	= "No user name given.",
-	[R_AUTH]	= "[AUTH] Authentication failed.",
-	[R_CANCEL]	= "Authentication cancelled.",
-	[R_BASE64]	= "Invalid base64 data.",
-	[R_MECH]	= "Unsupported authentication mechanism.",
-	[R_TOOLONG]	= "Line too long.",
-	[R_NUL]		= "NUL in command.",
-	[R_INUSE]	= "[IN-USE] Mailbox is in use by another session.",
-	[R_LOCKED]	= "[SYS/TEMP] Mailbox is locked, try again later.",
-	[R_PERM]	= "[SYS/PERM] Mailbox is unreadable or malformed.",
-	[R_SYSTEMP]	= "[SYS/TEMP] Temporary server failure, try again later.",
-	[R_NOSTATE]	= "[SYS/PERM] No usable state directory; see "
-			  "--state-dir in pop3d(8).",
-	[R_CHANGED]	= "[SYS/TEMP] Mailbox was changed by another program.",
-	[R_UPDATE]	= "[SYS/TEMP] Could not update the mailbox; "
-			  "try again later.",
-	[R_TIMEOUT]	= "Autologout; idle for too long.",
-	[R_BAD]		= "Too many bad commands.",
-};
-
 /* The session's log identity: the login name escaped, or "-". */
 static const char *
 log_user(const struct session *s, char *buf, size_t size)
@@ -130,31 +102,19 @@ message_arg(struct session *s, const char *arg, unsigned *n)
 	return R_SENT;
 }
 
-/* Maps a mailbox outcome to a reply; a changed or failing mailbox ends
- * the session. */
+/* Maps a mailbox result to a reply (outcome_mailbox); a changed or
+ * failing mailbox, or a client gone, ends the session. */
 static int
-mailbox_result(struct session *s, int r)
+reply_mailbox(struct session *s, int r)
 {
-	switch (r) {
-	case MB_OK:
+	if (r == MB_OK)
 		return R_SENT;
-	case MB_CLIENT:
-		s->done = 1;
-		s->how = s->out.timedout ? "timeout" : "disconnect";
-		return R_CLOSE;
-	case MB_CHANGED:
-		s->done = 1;
-		s->how = "aborted";
-		return R_CHANGED;
-	case MB_PERM:
-		s->done = 1;
-		s->how = "aborted";
-		return R_PERM;
-	default:
-		s->done = 1;
-		s->how = "aborted";
-		return R_SYSTEMP;
-	}
+	s->done = 1;
+	if (r == MB_CLIENT)
+		s->how = s->out.timedout ? END_TIMEOUT : END_DISCONNECT;
+	else
+		s->how = END_ABORTED;
+	return outcome_mailbox(r);
 }
 
 /*
@@ -188,7 +148,7 @@ session_start(struct session *s)
 	int r;
 
 	s->done = 1;
-	s->how = "aborted";
+	s->how = END_ABORTED;
 	if ((r = maildrop_open(s->cfg, &s->acct, &s->st, &s->mb)) != R_SENT)
 		return r;
 	mailbox_stat(s->mb, &n, &s->total_bytes);
@@ -197,7 +157,7 @@ session_start(struct session *s)
 	    (unsigned long long)s->total_bytes,
 	    (unsigned long long)mailbox_scanned_octets(s->mb));
 	s->done = 0;
-	s->how = NULL;
+	s->how = END_NONE;
 	s->bad = 0;		/* the same count in root and user mode */
 	s->state = ST_TRANS;
 	session_limit(s, 0);
@@ -394,7 +354,7 @@ cmd_auth(struct session *s, char *arg)
 		return r == IN_LONG ? R_TOOLONG : R_NUL;
 	if (r != IN_LINE) {
 		s->done = 1;
-		s->how = r == IN_TIMEOUT ? "timeout" : "disconnect";
+		s->how = r == IN_TIMEOUT ? END_TIMEOUT : END_DISCONNECT;
 		return R_CLOSE;
 	}
 	if (strcmp(line, "*") == 0)
@@ -473,7 +433,7 @@ send_message(struct session *s, unsigned n, long lines)
 	int r = mailbox_check(s->mb, n);
 
 	if (r != MB_OK)
-		return mailbox_result(s, r);
+		return reply_mailbox(s, r);
 	if (lines < 0)
 		reply_ok(s, "%llu octets",
 		    (unsigned long long)mailbox_size(s->mb, n));
@@ -488,7 +448,7 @@ send_message(struct session *s, unsigned n, long lines)
 		r = out_flush(&s->out) < 0 ? MB_CLIENT : MB_OK;
 	if (r != MB_OK) {
 		/* the +OK is out: nothing sensible can follow it */
-		mailbox_result(s, r);
+		reply_mailbox(s, r);
 		return R_CLOSE;
 	}
 	return R_SENT;
@@ -561,7 +521,7 @@ cmd_quit(struct session *s, char *arg)
 
 	(void)arg;
 	s->done = 1;
-	s->how = "quit";
+	s->how = END_QUIT;
 	if (s->state != ST_TRANS) {
 		reply_ok(s, "Logging out.");
 		return R_SENT;
@@ -579,8 +539,9 @@ cmd_quit(struct session *s, char *arg)
 		reply_ok(s, "Logging out, messages deleted.");
 		return R_SENT;
 	}
-	s->how = "aborted";
-	return r == MB_CHANGED ? R_CHANGED : R_UPDATE;
+	s->how = END_ABORTED;
+	/* QUIT's own text for an UPDATE that could not be done */
+	return outcome_mailbox(r) == R_CHANGED ? R_CHANGED : R_UPDATE;
 }
 
 static int
@@ -630,17 +591,17 @@ session_error(struct session *s, int r)
 {
 	if (r == R_SENT || r == R_CLOSE)
 		return;
-	if (r == R_AUTH && ++s->fails >= POP3D_MAX_FAILS) {
+	if (outcome_kind(r) == O_AUTH && ++s->fails >= POP3D_MAX_FAILS) {
 		s->done = 1;
-		s->how = "auth failures";
-	} else if (r <= R_NUL && r != R_AUTH) {	/* the client's mistakes */
+		s->how = END_AUTH_FAILURES;
+	} else if (outcome_kind(r) == O_CLIENT) {
 		if (++s->bad >= POP3D_MAX_BAD) {
 			r = R_BAD;
 			s->done = 1;
-			s->how = "bad commands";
+			s->how = END_BAD_COMMANDS;
 		}
 	}
-	out_printf(&s->out, "-ERR %s\r\n", session_errtext[r]);
+	out_printf(&s->out, "-ERR %s\r\n", outcome_text(r));
 }
 
 /* Runs one command line and writes its -ERR reply if it failed. */
@@ -697,17 +658,25 @@ session_loop(struct session *s)
 		case IN_TIMEOUT:
 			session_error(s, R_TIMEOUT);
 			s->done = 1;
-			s->how = "timeout";
+			s->how = END_TIMEOUT;
 			break;
 		default:
 			s->done = 1;
-			s->how = "disconnect";
+			s->how = END_DISCONNECT;
 			break;
 		}
 	}
 	explicit_bzero(line, sizeof(line));
 	out_flush(&s->out);
 }
+
+/* How a session ended, as the summary line says it. */
+static const char *const end_names[] = {
+	[END_ABORTED] = "aborted", [END_QUIT] = "quit",
+	[END_TIMEOUT] = "timeout", [END_DISCONNECT] = "disconnect",
+	[END_AUTH_FAILURES] = "auth failures",
+	[END_BAD_COMMANDS] = "bad commands", [END_NONE] = "disconnect"
+};
 
 /* Logs the session summary line. */
 void
@@ -723,5 +692,5 @@ session_log_summary(const struct session *s)
 	    "left=%u/%llu %s", log_user(s, ubuf, sizeof(ubuf)),
 	    s->retr_n, (unsigned long long)s->retr_bytes, s->del_n,
 	    (unsigned long long)s->del_bytes, n, (unsigned long long)octets,
-	    s->how ? s->how : "disconnect");
+	    end_names[s->how]);
 }

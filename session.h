@@ -14,6 +14,15 @@
 
 enum { ST_AUTH = 1, ST_TRANS = 2 };
 
+/* How a session ended, for the log.  The pre-auth child reports it to
+ * the parent as its exit status: these values, in this order; END_NONE
+ * (not ended by any of them) is logged as a disconnect, and a child
+ * exits with END_ABORTED for it. */
+enum {
+	END_ABORTED, END_QUIT, END_TIMEOUT, END_DISCONNECT, END_AUTH_FAILURES,
+	END_BAD_COMMANDS, END_NONE
+};
+
 struct session {
 	const struct config	*cfg;
 	struct io_limit		 limit;		/* of every wait for the client */
@@ -26,7 +35,7 @@ struct session {
 				    char *pass);
 	int			 fails, bad;
 	int			 done;		/* QUIT or a fatal reply */
-	const char		*how;		/* how it ended, for the log */
+	int			 how;		/* END_: how it ended, for the log */
 	char			 user[POP3D_USER_MAX + 1];
 	int			 have_user;
 	const char		*rhost;
@@ -44,7 +53,5 @@ int	session_check_login(struct session *s, const char *user, char *pass);
 void	session_error(struct session *s, int r);
 void	session_loop(struct session *s);
 void	session_log_summary(const struct session *s);
-/* The -ERR text of each outcome R_ (after "-ERR "). */
-extern const char *const session_errtext[];
 
 #endif

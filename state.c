@@ -488,7 +488,7 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	    state_prepare(cfg, acct) < 0 || priv_drop(acct) < 0))
 		return R_SYSTEMP;
 	if ((r = mailbox_file(acct->mailbox, geteuid(), &fd)) != MB_OK)
-		return r == MB_TEMP ? R_SYSTEMP : R_PERM;
+		return outcome_mailbox(r);
 	if (fd >= 0 && (r = state_lock(cfg, acct, fd, st)) != R_SENT) {
 		close(fd);
 		return r;
@@ -505,8 +505,7 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	o.pseudo_ok = st->pseudo_ok;
 	r = mailbox_open_fd(mbp, acct->mailbox, fd, &o);
 	if (r != MB_OK)
-		return r == MB_LOCKED ? R_LOCKED : r == MB_TEMP ? R_SYSTEMP :
-		    R_PERM;
+		return outcome_mailbox(r);
 	if (st->lock_fd >= 0) {
 		state_retire(st, acct);
 		if (st->journal_held)

@@ -217,26 +217,26 @@ uidl_render(const struct mailbox *mb, unsigned i, uint32_t sfx, char *buf)
  * Open-addressing set of rendered ids, for telling duplicates apart.  It
  * lives only while the ids are made unique, but at 16 octets a slot it
  * was the session's peak memory on big maildrops: a slot is now 4, the
- * message index + 1 (0: empty) in the low UID_IDX_BITS and the top bits
+ * message index + 1 (0: empty) in the low UIDL_IDX_BITS and the top bits
  * of the id's hash as a tag, which spares most renderings on a collision
  * (from 2^24 messages on, the slot number takes the tag's lowest hash bit
  * too: more renderings, never a wrong answer, as ids are compared whole).  A
  * slot's id is that of its message with the message's suffix.
  */
-#define UID_IDX_BITS	25
-#define UID_IDX_MASK	((1U << UID_IDX_BITS) - 1)
+#define UIDL_IDX_BITS	25
+#define UIDL_IDX_MASK	((1U << UIDL_IDX_BITS) - 1)
 
-_Static_assert(MBOX_MAX_MESSAGES_OPT < UID_IDX_MASK,
+_Static_assert(MBOX_MAX_MESSAGES_OPT < UIDL_IDX_MASK,
     "a message index + 1 fits a slot");
 
-struct uid_set {
+struct uidl_set {
 	uint32_t	*slot;
 	uint32_t	*next;		/* per slot: next suffix to try, or NULL */
 	size_t		 mask;
 };
 
 static uint32_t
-uid_hash(const char *s, size_t n)
+uidl_hash(const char *s, size_t n)
 {
 	uint32_t h = 2166136261u;
 
@@ -246,14 +246,14 @@ uid_hash(const char *s, size_t n)
 }
 
 static uint32_t
-uid_tag(uint32_t h)
+uidl_tag(uint32_t h)
 {
-	return h & ~UID_IDX_MASK;
+	return h & ~UIDL_IDX_MASK;
 }
 
 /* Finds the slot of id s (or the empty slot where it belongs). */
 static size_t
-uid_find(const struct mailbox *mb, const struct uid_set *set, const char *s,
+uidl_find(const struct mailbox *mb, const struct uidl_set *set, const char *s,
     size_t n, uint32_t h)
 {
 	char other[POP3D_UIDL_MAX + 1];
@@ -261,11 +261,11 @@ uid_find(const struct mailbox *mb, const struct uid_set *set, const char *s,
 
 	for (;; i = (i + 1) & set->mask) {
 		uint32_t v = set->slot[i];
-		unsigned k = (v & UID_IDX_MASK) - 1;
+		unsigned k = (v & UIDL_IDX_MASK) - 1;
 
 		if (v == 0)
 			return i;
-		if ((v & ~UID_IDX_MASK) == uid_tag(h) &&
+		if ((v & ~UIDL_IDX_MASK) == uidl_tag(h) &&
 		    uidl_render(mb, k, mb->msgs[k].suffix, other) == n &&
 		    memcmp(other, s, n) == 0)
 			return i;
@@ -308,7 +308,7 @@ void
 uidl_unique(struct mailbox *mb)
 {
 	char id[POP3D_UIDL_MAX + 1];
-	struct uid_set set;
+	struct uidl_set set;
 	size_t slots = 16, n, at;
 	unsigned i, dups = 0;
 
@@ -324,14 +324,14 @@ uidl_unique(struct mailbox *mb)
 		uint32_t h;
 
 		n = uidl_render(mb, i, 0, id);
-		h = uid_hash(id, n);
-		at = uid_find(mb, &set, id, n, h);
+		h = uidl_hash(id, n);
+		at = uidl_find(mb, &set, id, n, h);
 		if (set.slot[at] != 0) {
 			mb->msgs[i].suffix = UINT32_MAX;	/* to do */
 			dups++;
 			continue;
 		}
-		set.slot[at] = uid_tag(h) | (i + 1);
+		set.slot[at] = uidl_tag(h) | (i + 1);
 	}
 	if (dups > 0) {
 		set.next = xreallocarray(NULL, slots, sizeof(*set.next));
@@ -344,16 +344,16 @@ uidl_unique(struct mailbox *mb)
 		if (mb->msgs[i].suffix != UINT32_MAX)
 			continue;
 		n = uidl_render(mb, i, 0, id);
-		base = uid_find(mb, &set, id, n, uid_hash(id, n));
+		base = uidl_find(mb, &set, id, n, uidl_hash(id, n));
 		for (k = set.next[base] ? set.next[base] : 2;; k++) {
 			uint32_t h;
 
 			n = uidl_render(mb, i, k, id);
-			h = uid_hash(id, n);
-			at = uid_find(mb, &set, id, n, h);
+			h = uidl_hash(id, n);
+			at = uidl_find(mb, &set, id, n, h);
 			if (set.slot[at] == 0) {
 				mb->msgs[i].suffix = k;
-				set.slot[at] = uid_tag(h) | (i + 1);
+				set.slot[at] = uidl_tag(h) | (i + 1);
 				break;
 			}
 		}
