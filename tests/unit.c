@@ -27,6 +27,7 @@
 
 #include "io.h"
 #include "mailbox.h"
+#include "plan.h"
 
 /* Options for mailbox_open: no journal, default limits. */
 static const struct mailbox_opts *
@@ -770,6 +771,100 @@ test_top(const struct top_case *c)
 	    show(raw.p, raw.len));
 	buf_free(&raw);
 	mailbox_close(mb);
+}
+
+/* ---- the UPDATE plan: pure arithmetic, no I/O ---------------------- */
+
+struct plan_case {
+	const char	*name;
+	uint64_t	 old;
+	uint64_t	 runs[4][2];	/* src, len; len 0 ends the list */
+	int		 seal;		/* plan_seal()'s result */
+	size_t		 n;		/* runs after merging */
+	uint64_t	 final, start;
+	uint64_t	 probe[3][2];	/* x, src(x); x = -1 ends the list */
+};
+
+static const struct plan_case plan_cases[] = {
+	{ "plan/keep-all", 100, { { 0, 100 } }, 0, 1, 100, 100,
+	  { { 0, 0 }, { 99, 99 }, { 100, 100 } } },
+	{ "plan/delete-first", 100, { { 30, 70 } }, 0, 1, 70, 0,
+	  { { 0, 30 }, { 69, 99 }, { 70, 100 } } },
+	{ "plan/delete-middle", 100, { { 0, 30 }, { 50, 50 } }, 0, 2, 80, 30,
+	  { { 29, 29 }, { 30, 50 }, { 79, 99 } } },
+	{ "plan/delete-last", 100, { { 0, 60 } }, 0, 1, 60, 60,
+	  { { 59, 59 }, { 60, 100 }, { UINT64_MAX, 0 } } },
+	{ "plan/adjacent-merged", 100, { { 0, 30 }, { 30, 20 } }, 0, 1, 50,
+	  50, { { 49, 49 }, { 50, 100 }, { UINT64_MAX, 0 } } },
+	{ "plan/two-holes", 100, { { 10, 10 }, { 40, 10 }, { 90, 10 } }, 0,
+	  3, 30, 0, { { 0, 10 }, { 15, 45 }, { 29, 99 } } },
+	{ "plan/out-of-order", 100, { { 50, 10 }, { 20, 10 } }, -1, 2, 0, 0,
+	  { { UINT64_MAX, 0 } } },
+	{ "plan/past-old", 100, { { 90, 20 } }, -1, 1, 0, 0,
+	  { { UINT64_MAX, 0 } } },
+};
+
+static void
+test_plan(const struct plan_case *c)
+{
+	struct plan p;
+	size_t i;
+	int ok = 1;
+	char why[128] = "";
+
+	memset(&p, 0, sizeof(p));
+	p.old = c->old;
+	for (i = 0; i < 4 && c->runs[i][1] != 0; i++)
+		plan_add(&p, c->runs[i][0], c->runs[i][1]);
+	if (plan_seal(&p) != c->seal || p.n != c->n) {
+		ok = 0;
+		snprintf(why, sizeof(why), "seal or merge: n=%zu", p.n);
+	} else if (c->seal == 0 && (p.final != c->final ||
+	    plan_start(&p) != c->start)) {
+		ok = 0;
+		snprintf(why, sizeof(why), "final %llu start %llu",
+		    (unsigned long long)p.final,
+		    (unsigned long long)plan_start(&p));
+	}
+	for (i = 0; ok && c->seal == 0 && i < 3 &&
+	    c->probe[i][0] != UINT64_MAX; i++)
+		if (plan_src(&p, c->probe[i][0]) != c->probe[i][1]) {
+			ok = 0;
+			snprintf(why, sizeof(why), "src(%llu) = %llu",
+			    (unsigned long long)c->probe[i][0],
+			    (unsigned long long)plan_src(&p, c->probe[i][0]));
+		}
+	result(c->name, ok, "%s", why);
+	free(p.run);
+	free(p.dst);
+}
+
+/* A journal record's plan: keep [0, base), move [ext, old) to base. */
+static void
+test_plan_gen(void)
+{
+	static const struct {
+		uint64_t base, ext, old;
+		int	 r;
+	} g[] = {
+		{ 10, 40, 100, 0 }, { 0, 40, 100, -1 }, { 50, 40, 100, -1 },
+		{ 10, 100, 100, -1 }, { 40, 40, 100, -1 },
+	};
+	struct plan p;
+	size_t i;
+	int ok = 1;
+
+	for (i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
+		memset(&p, 0, sizeof(p));
+		if (plan_gen(&p, 2, g[i].base, g[i].ext, g[i].old) != g[i].r ||
+		    (g[i].r == 0 && (p.final != 70 || plan_start(&p) != 10 ||
+		    plan_src(&p, 10) != 40 || plan_src(&p, 9) != 9 ||
+		    p.gen != 2)))
+			ok = 0;
+		free(p.run);
+		free(p.dst);
+	}
+	result("plan/generation", ok, "a case of plan_gen() differs");
 }
 
 /* ---- out_emit across piece boundaries ---------------------------- */
@@ -2354,6 +2449,9 @@ main(int argc, char **argv)
 		test_cap(&cap_cases[i]);
 	test_cap_update();
 	test_cache();
+	for (i = 0; i < sizeof(plan_cases) / sizeof(plan_cases[0]); i++)
+		test_plan(&plan_cases[i]);
+	test_plan_gen();
 
 	cleanup();
 	printf("%d passed, %d failed\n", passed, failed);
