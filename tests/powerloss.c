@@ -48,7 +48,10 @@
  *  update     the cuts of the UPDATE session's trace;
  *  recovery   states of "update" with a journal left, optionally with
  *             mail delivered after the crash, are recovered under the
- *             recorder, and the cuts of that recovery are checked;
+ *             recorder, and the cuts of that recovery are checked; a
+ *             few of those states with a journal left go through the
+ *             same again (a cut during the recovery of a cut during a
+ *             recovery);
  *  kill       UPDATE killed (kill -9: all it wrote is in the page cache,
  *             not on disk) after its kth operation, the next session's
  *             recovery recorded on that, and the cuts of both traces
@@ -61,8 +64,10 @@
  * Then the regression cases (run_regress): the states in which this tool
  * first found mail lost, each checked on its own.
  *
- * Usage: powerloss [--long] [--seed N] [--dir DIR] [-k SUBSTRING] [-v]
- *                  [--trace] [--max-lost N]
+ * Usage: powerloss [--long | --quick] [--seed N] [--dir DIR] [-k SUBSTRING]
+ *                  [-v] [--trace] [--max-lost N]
+ * --quick is a smaller short form for the sanitizer build: fewer states
+ * a cut, and with 4 MiB chunks only small-oldest and the regression cases.
  * -k runs the scenarios whose name contains SUBSTRING; --trace prints
  * the UPDATE traces (with -v the recoveries' too); --max-lost stops a
  * scenario after N lost states (tests/powerloss-mutants).
@@ -91,6 +96,10 @@
 
 #include "io.h"
 #include "mailbox.h"
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #define SECTOR		512
 #define MAXLIST_BITS	16	/* pending ops whose subsets can be listed */
@@ -388,6 +397,8 @@ img_set(struct img *m, const void *p, size_t len)
 static void
 img_add(struct img *m, const void *p, size_t len)
 {
+	if (len == 0)
+		return;
 	img_reserve(m, m->len + len);
 	memcpy(m->p + m->len, p, len);
 	m->len += len;
@@ -410,6 +421,13 @@ img_put(struct img *m, uint64_t off, const unsigned char *p, uint64_t len)
 	if (off + len > m->len)
 		img_size(m, off + len);
 	memcpy(m->p + off, p, (size_t)len);
+}
+
+/* Are the first n octets of a and b equal (either may be NULL if n is 0)? */
+static int
+same(const unsigned char *a, const unsigned char *b, size_t n)
+{
+	return n == 0 || memcmp(a, b, n) == 0;
 }
 
 static void
@@ -469,7 +487,7 @@ rnd_below(uint64_t *s, uint64_t n)
 	return n ? rnd(s) % n : 0;
 }
 
-static int long_form, verbose, dump_traces;
+static int long_form, quick, verbose, dump_traces;
 static unsigned long max_lost;		/* per scenario; 0: no limit */
 static const char *const label = MBOX_UPDATE_CHUNK <= 65536 ?
     "chunk-4k" : "chunk-4m";
@@ -1032,13 +1050,13 @@ state_check(struct run *r, const struct expect *e, int strict)
 	file_get(mbpath, &got);
 	for (k = 0; k < 2; k++)
 		if (got.len == e->o[k]->data.len &&
-		    memcmp(got.p, e->o[k]->data.p, got.len) == 0)
+		    same(got.p, e->o[k]->data.p, got.len))
 			break;
 	if (k < 2)
 		w = listing_check(mb, e->o[k]);
 	else if (!strict && got.len == r->m.len &&
-	    memcmp(got.p, r->m.p, got.len) == 0 && got.len >= e->orig->len &&
-	    memcmp(got.p, e->orig->p, e->orig->len) == 0)
+	    same(got.p, r->m.p, got.len) && got.len >= e->orig->len &&
+	    same(got.p, e->orig->p, e->orig->len))
 		w = NULL;	/* untouched; the unsynced mail as the disk has it */
 	else {
 		size_t i, n = got.len < e->o[1]->data.len ? got.len :
@@ -1263,6 +1281,7 @@ struct scenario {
 	const struct shape *shape;
 	int		 pattern, mda;
 	unsigned	 recov;		/* recovery phase: states taken */
+	unsigned	 recov2;	/* second round: states taken */
 	int		 kills;		/* kill phase: 0 none, 1 sample, 2 all */
 	unsigned	 limit, samples; /* per cut; 0: the form's */
 };
@@ -1427,7 +1446,7 @@ prep_make(struct prep *pp, const struct scenario *s, const char *name)
 	session_update(s, &pp->t);
 	file_get(mbpath, &got);
 	if (got.len != pp->after.len ||
-	    memcmp(got.p, pp->after.p, got.len) != 0)
+	    !same(got.p, pp->after.p, got.len))
 		die("%s: the UPDATE without a crash made %zu octets, want %zu",
 		    name, got.len, pp->after.len);
 	img_free(&got);
@@ -1513,7 +1532,8 @@ kill_trace(const struct prep *pp, size_t k, struct img *page,
 	memset(c, 0, sizeof(*c));
 	c->n = c->alloc = k + t2->n;
 	c->op = xcalloc(c->n, sizeof(*c->op));
-	memcpy(c->op, pp->t.op, k * sizeof(*c->op));
+	if (k > 0)
+		memcpy(c->op, pp->t.op, k * sizeof(*c->op));
 	if (t2->n > 0)
 		memcpy(c->op + k, t2->op, t2->n * sizeof(*c->op));
 	return r;
@@ -1584,14 +1604,50 @@ report(const char *name, const struct run *r, const char *detail)
 	total.failed += (unsigned long)bad;
 }
 
+/*
+ * One recovery of a crash state (m, j), with the new mail appended (and
+ * synced) first if newmail: recorded, then every cut of it checked.
+ * Returns 1 if it ran.
+ */
+static unsigned
+recovery_round(struct run *r, const struct prep *pp, const struct img *m,
+    const struct img *j, int newmail, struct img *page, unsigned long *st,
+    unsigned long *lost)
+{
+	struct trace t2 = { NULL, 0, 0, 1 };
+	unsigned long st0 = r->c.states, lost0 = r->c.lost;
+	int res;
+
+	if (newmail && pp->after.len == 0)
+		return 0;	/* see prep_make() */
+	img_set(&page[F_MBOX], m->p, m->len);
+	img_set(&page[F_JOURNAL], j->p, j->len);
+	if (newmail)
+		img_add(&page[F_MBOX], MAIL_AFTER, strlen(MAIL_AFTER));
+	file_put(mbpath, &page[F_MBOX]);
+	file_put(jpath, &page[F_JOURNAL]);
+	if ((res = session_recover(&t2)) != MB_OK)
+		recovery_failed(r, res, "of a recovered state");
+	else {
+		if (dump_traces && verbose)
+			trace_dump("recovery", &t2);
+		enumerate(r, newmail ? &pp->en : &pp->er, &t2, page, 0, t2.n);
+	}
+	*st += r->c.states - st0;
+	*lost += r->c.lost - lost0;
+	trace_free(&t2);
+	return 1;
+}
+
 static void
 run_scenario(const struct scenario *s, const char *filter)
 {
 	char name[128], detail[256];
 	struct img page[NFILES];
+	struct img *um, *uj;
 	struct prep pp;
 	struct run r;
-	unsigned i, nrec = 0, nkill = 0;
+	unsigned i, un, nrec = 0, nkill = 0;
 	unsigned long ust, ulost, rst = 0, rlost = 0, kst = 0, klost = 0;
 	size_t k;
 	int res;
@@ -1616,35 +1672,32 @@ run_scenario(const struct scenario *s, const char *filter)
 	r.maxcand = 0;
 
 	/* recovery: a power cut during the recovery of a power cut, with
-	 * and without mail delivered (and synced) in between */
-	for (i = 0; i < 2 * r.ncand; i++) {
-		struct trace t2 = { NULL, 0, 0, 1 };
-		int newmail = i % 2;
-		unsigned long st0 = r.c.states, lost0 = r.c.lost;
-
-		if (newmail && pp.after.len == 0)
-			continue;	/* see prep_make() */
-		img_set(&page[F_MBOX], r.cand_m[i / 2].p, r.cand_m[i / 2].len);
-		img_set(&page[F_JOURNAL], r.cand_j[i / 2].p,
-		    r.cand_j[i / 2].len);
-		if (newmail)
-			img_add(&page[F_MBOX], MAIL_AFTER, strlen(MAIL_AFTER));
-		file_put(mbpath, &page[F_MBOX]);
-		file_put(jpath, &page[F_JOURNAL]);
-		if ((res = session_recover(&t2)) != MB_OK) {
-			recovery_failed(&r, res, "of a recovered state");
-			rlost++;
-			trace_free(&t2);
-			continue;
-		}
-		if (dump_traces && verbose)
-			trace_dump("recovery", &t2);
-		enumerate(&r, newmail ? &pp.en : &pp.er, &t2, page, 0, t2.n);
-		rst += r.c.states - st0;
-		rlost += r.c.lost - lost0;
-		nrec++;
-		trace_free(&t2);
+	 * and without mail delivered (and synced) in between; states of
+	 * those recoveries (without the new mail) with a journal left are
+	 * kept for a second round: a cut during the recovery of a cut
+	 * during a recovery */
+	um = r.cand_m;
+	uj = r.cand_j;
+	un = r.ncand;
+	r.cand_m = xcalloc(s->recov2, sizeof(*r.cand_m));
+	r.cand_j = xcalloc(s->recov2, sizeof(*r.cand_j));
+	r.ncand = 0;
+	r.candseen = 0;
+	for (i = 0; i < 2 * un; i++) {
+		r.maxcand = i % 2 ? 0 : s->recov2;
+		nrec += recovery_round(&r, &pp, &um[i / 2], &uj[i / 2], i % 2,
+		    page, &rst, &rlost);
 	}
+	r.maxcand = 0;
+	for (i = 0; i < r.ncand; i++)
+		nrec += recovery_round(&r, &pp, &r.cand_m[i], &r.cand_j[i], 0,
+		    page, &rst, &rlost);
+	for (i = 0; i < un; i++) {
+		img_free(&um[i]);
+		img_free(&uj[i]);
+	}
+	free(um);
+	free(uj);
 
 	/* kill: UPDATE killed after operation k, the recovery run on the
 	 * page cache, a power cut anywhere after the kill */
@@ -1843,6 +1896,33 @@ run_regress(const char *filter)
 
 /* ---- main ------------------------------------------------------------- */
 
+/* How much of each phase a scenario runs, by form and size. */
+static void
+scenario_set(struct scenario *s, const struct shape *shp, int pattern,
+    int mda, int big)
+{
+	memset(s, 0, sizeof(*s));
+	s->shape = shp;
+	s->pattern = pattern;
+	s->mda = mda;
+	s->recov = long_form ? 24 : quick ? 2 : 4;
+	s->recov2 = long_form ? 8 : quick ? 0 : 2;
+	s->kills = long_form ? 2 : 1;
+	if (quick) {
+		s->limit = 64;
+		s->samples = 12;
+	}
+	if (mda == M_UNSYNCED)		/* lenient states: no second rounds */
+		s->recov = s->recov2 = 0;
+	if (big) {
+		s->recov = long_form ? 2 : 0;
+		s->recov2 = long_form ? 1 : 0;
+		s->kills = long_form;
+		s->limit = long_form ? 64 : 8;
+		s->samples = long_form ? 24 : 6;
+	}
+}
+
 static void
 setup(const char *where)
 {
@@ -1880,7 +1960,10 @@ setup(const char *where)
 			close(fd);
 	}
 	/* the server logs to stderr, which becomes a buffer shown with each
-	 * lost state */
+	 * lost state; sanitizer reports still go to the real stderr */
+#ifdef __SANITIZE_ADDRESS__
+	__sanitizer_set_report_fd((void *)(intptr_t)dup(STDERR_FILENO));
+#endif
 	if ((logfd = memfd_create("log", 0)) < 0 ||
 	    dup2(logfd, STDERR_FILENO) < 0)
 		die("memfd: %s", strerror(errno));
@@ -1912,6 +1995,8 @@ main(int argc, char **argv)
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--long") == 0)
 			long_form = 1;
+		else if (strcmp(argv[i], "--quick") == 0)
+			quick = 1;
 		else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc)
 			seed = strtoull(argv[++i], NULL, 10);
 		else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc)
@@ -1925,7 +2010,7 @@ main(int argc, char **argv)
 		else if (strcmp(argv[i], "--max-lost") == 0 && i + 1 < argc)
 			max_lost = strtoul(argv[++i], NULL, 10);
 		else {
-			fprintf(stderr, "usage: %s [--long] [--seed N] "
+			fprintf(stderr, "usage: %s [--long | --quick] [--seed N] "
 			    "[--dir DIR] [-k SUBSTRING] [-v] [--trace] "
 			    "[--max-lost N]\n",
 			    argv[0]);
@@ -1935,7 +2020,8 @@ main(int argc, char **argv)
 	setup(where);
 	printf("INFO powerloss: chunk %u octets, smallest record slot %u, "
 	    "%s form, seed %llu\n", (unsigned)MBOX_UPDATE_CHUNK,
-	    (unsigned)MBOX_SLOT_MIN, long_form ? "long" : "short",
+	    (unsigned)MBOX_SLOT_MIN, long_form ? "long" : quick ? "quick" :
+	    "short",
 	    (unsigned long long)seed);
 	for (sh = 0; sh < sizeof(shapes) / sizeof(shapes[0]); sh++) {
 		const struct shape *shp = &shapes[sh];
@@ -1944,31 +2030,23 @@ main(int argc, char **argv)
 		/* 4 KiB chunks: small and multi; 4 MiB chunks: small and
 		 * big (~40 ms a state: fewer of them; in the short form only
 		 * "oldest", which journals every chunk) */
-		if (small ? big : sh == 1)
+		if (small ? big : sh == 1 || (quick && big))
 			continue;
 		for (p = 0; p < NPATTERNS; p++) {
-			struct scenario s = { .shape = shp, .pattern = (int)p,
-			    .mda = M_NONE, .recov = long_form ? 24 : 4,
-			    .kills = long_form ? 2 : 1 };
+			struct scenario s;
 
-			if (big && !long_form && p != D_OLDEST)
+			if ((big && !long_form && p != D_OLDEST) ||
+			    (quick && !small && p != D_OLDEST))
 				continue;
-			if (big) {
-				s.recov = long_form ? 2 : 0;
-				s.kills = long_form;
-				s.limit = long_form ? 64 : 8;
-				s.samples = long_form ? 24 : 6;
-			}
+			scenario_set(&s, shp, (int)p, M_NONE, big);
 			run_scenario(&s, filter);
 		}
-		for (p = D_OLDEST; p <= D_EVERY_OTHER && !big; p++) {
-			struct scenario s1 = { .shape = shp, .pattern = (int)p,
-			    .mda = M_SYNCED, .recov = long_form ? 24 : 4,
-			    .kills = long_form ? 2 : 1 };
-			struct scenario s2 = s1;
+		for (p = D_OLDEST; p <= D_EVERY_OTHER && !big &&
+		    !(quick && !small); p++) {
+			struct scenario s1, s2;
 
-			s2.mda = M_UNSYNCED;
-			s2.recov = 0;
+			scenario_set(&s1, shp, (int)p, M_SYNCED, big);
+			scenario_set(&s2, shp, (int)p, M_UNSYNCED, big);
 			run_scenario(&s1, filter);
 			run_scenario(&s2, filter);
 		}

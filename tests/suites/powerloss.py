@@ -4,7 +4,8 @@ tests/powerloss.sh runs tests/powerloss-4k (4 KiB chunks: many journal
 records from small mailboxes) and tests/powerloss (the real chunk sizes)
 without --long: every crash state of UPDATE and of its recovery on the
 small mailboxes, a seeded sample where a cut has many, the kill-then-power-
-cut cases and the regression cases (tests/powerloss.c says how).  Each
+cut cases and the regression cases (tests/powerloss.c says how); with
+SANITIZE=1 the smaller --quick form, since ASan is slower.  Each
 scenario line becomes a case; the INFO line carries the total.  `make
 powerloss` runs the long form.  Not under VALGRIND=1: the same binaries
 ran in the other passes.
@@ -91,7 +92,8 @@ def tests(h):
         env[var] = env.get(var, "") + ":log_path=" + os.path.join(logs, "log")
     t0 = time.monotonic()
     try:
-        p = subprocess.run(["sh", os.path.join(h.TESTS, "powerloss.sh")],
+        p = subprocess.run(["sh", os.path.join(h.TESTS, "powerloss.sh")] +
+                           (["--quick"] if h.SAN else []),
                            capture_output=True, timeout=600 if h.SLOW else 240,
                            cwd=h.TOP, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

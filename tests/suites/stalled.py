@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 AUTH = 2        # --auth-timeout of these cases
@@ -26,6 +27,8 @@ IDLE = 2        # --idle-timeout of the logged-in cases
 POLL = 0.05     # how often the client looks (and writes)
 
 H = None
+SETUP = threading.Lock()        # the cases run at the same time
+CURRENT = threading.local()     # the Client of this thread's case
 
 
 def grace():
@@ -55,9 +58,11 @@ class Client:
     non-blocking, so that a flood never blocks the test itself."""
 
     def __init__(self, mode, extra, sock):
-        self.case = H.ENV.new_case(mode)
-        vars = H.ENV.vars(self.case)
-        H.place_fixture(self.case, vars, "$VUSER", "seed.mbox")
+        with SETUP:
+            self.case = H.ENV.new_case(mode)
+            vars = H.ENV.vars(self.case)
+            H.place_fixture(self.case, vars, "$VUSER", "seed.mbox")
+        CURRENT.client = self
         self.errpath = os.path.join(self.case, "stderr-1")
         argv = H.ENV.argv(mode, self.case, ["--auth-timeout", str(AUTH)] + extra)
         self.t0 = time.monotonic()          # pop3d's connect is later
@@ -65,7 +70,7 @@ class Client:
             if sock:
                 ours, theirs = socket.socketpair()
                 self.p = subprocess.Popen(argv, stdin=theirs, stdout=theirs,
-                                          stderr=err, env=H.ENV.session_env(),
+                                          stderr=err, env=H.ENV.session_env(False),
                                           start_new_session=True)
                 theirs.close()
                 self.sock = ours
@@ -73,7 +78,7 @@ class Client:
             else:
                 self.p = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=err,
-                                          env=H.ENV.session_env(),
+                                          env=H.ENV.session_env(False),
                                           start_new_session=True)
                 self.sock = None
                 self.wfd, self.rfd = self.p.stdin.fileno(), self.p.stdout.fileno()
@@ -267,29 +272,46 @@ def t_stuck_child():
         c.close()
 
 
-def run(name, fn, *args):
-    if not H.wanted(name):
-        return
-    try:
-        why = fn(*args)
-        H.report(name, True)
-        print("    # " + why, flush=True)
-    except H.Fail as e:
-        H.report(name, False, str(e), H.diag_for(H.ENV.work, name))
-    except OSError as e:
-        H.report(name, False, "%s: %s" % (type(e).__name__, e))
+def run_all(cases):
+    """Runs the cases (name, function, arguments) at the same time, since
+    each mostly waits for a timer of pop3d, and reports them in order."""
+    cases = [c for c in cases if H.wanted(c[0])]
+    results = {}
+
+    def one(name, fn, args):
+        CURRENT.client = None
+        try:
+            results[name] = (True, fn(*args), None)
+        except (H.Fail, OSError) as e:
+            c = CURRENT.client
+            log = c.log().decode("utf-8", "replace").splitlines()[-8:] if c else []
+            why = str(e) if isinstance(e, H.Fail) else "%s: %s" % (type(e).__name__, e)
+            results[name] = (False, why, log)
+    threads = [threading.Thread(target=one, args=c) for c in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, _, _ in cases:
+        ok, why, log = results.get(name, (False, "harness: no result", []))
+        H.report(name, ok, "" if ok else why, log)
+        if ok:
+            print("    # " + why, flush=True)
 
 
 def tests(h):
     global H
     H = h
+    cases = []
     for mode in h.ENV.modes():
-        run("stalled/preauth-capa-flood-pipe/" + mode, t_preauth_flood, mode, False)
-        run("stalled/preauth-capa-flood-socket/" + mode, t_preauth_flood, mode, True)
-        run("stalled/preauth-capa-trickle/" + mode, t_preauth_trickle, mode)
-        run("stalled/list-flood-pipe/" + mode, t_logged_in_flood, mode, False,
-            b"LIST\r\n")
-        run("stalled/retr-flood-socket/" + mode, t_logged_in_flood, mode, True,
-            b"RETR 1\r\n")
+        cases += [
+            ("stalled/preauth-capa-flood-pipe/" + mode, t_preauth_flood, (mode, False)),
+            ("stalled/preauth-capa-flood-socket/" + mode, t_preauth_flood, (mode, True)),
+            ("stalled/preauth-capa-trickle/" + mode, t_preauth_trickle, (mode,)),
+            ("stalled/list-flood-pipe/" + mode, t_logged_in_flood,
+             (mode, False, b"LIST\r\n")),
+            ("stalled/retr-flood-socket/" + mode, t_logged_in_flood,
+             (mode, True, b"RETR 1\r\n"))]
     if h.ROOT:
-        run("stalled/stuck-preauth-child/root", t_stuck_child)
+        cases.append(("stalled/stuck-preauth-child/root", t_stuck_child, ()))
+    run_all(cases)

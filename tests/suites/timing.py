@@ -136,7 +136,7 @@ def tests(h):
             try:
                 d = calibrated_delay("root", extra, known_u, unknown, False, 1000)
                 compare(name, "root", extra + ["--fail-delay", str(d)],
-                        known_u, unknown, 12, pam=False, floor=d / 1000)
+                        known_u, unknown, 8, pam=False, floor=d / 1000)
             except h.Fail as e:
                 h.report(name, False, "calibration: %s" % e)
     # The default delay (1000 ms): a few tries only.
