@@ -1,7 +1,7 @@
 /*
- * session.c: one POP3 session's protocol: the -ERR texts of the outcomes,
- * the command table, dispatch, the command handlers, the login check
- * (with its fail delay), the start of TRANSACTION and the session loop.
+ * session.c: one POP3 session's protocol: the command table, dispatch,
+ * the command handlers, the login check (with its fail delay), the start
+ * of TRANSACTION and the session loop.
  * The pre-auth child's login reaches the parent through s->login (set by
  * root.c), so calls point down only.
  * Calls: state.c (maildrop_open), auth.c, mailbox.c, io.c, log.c.
