@@ -264,3 +264,13 @@ powerloss-mutants: powerloss-build
 		'$(PLWRAP)' '$(LIBS)'
 
 .PHONY: powerloss powerloss-build powerloss-mutants
+
+# The Debian package (debian/): built from a scratch copy of the tree,
+# lintian and blhc, then installed, served through its own launcher files,
+# upgraded, removed, purged and reinstalled on this machine, which is left
+# as it was (tests/deb-check).  As root; CI runs it after `make check`.
+deb-check:
+	@sh tests/deps.sh
+	bash tests/deb-check
+
+.PHONY: deb-check
