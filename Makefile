@@ -10,7 +10,8 @@ WARN	 = -Wall -Wextra -Wformat=2 -Wshadow -Wconversion -Wsign-conversion \
 	   -Wcast-qual -Wwrite-strings -Wundef -Wvla
 CFLAGS	?= -O2 -g
 HARDEN	 = -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
-ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CFLAGS) $(EXTRA_CFLAGS)
+ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CPPFLAGS) $(CFLAGS) \
+	    $(EXTRA_CFLAGS)
 LDHARDEN = -pie -Wl,-z,relro,-z,now
 LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
@@ -32,7 +33,7 @@ pop3d: $(OBJS)
 # Unit tests link the modules without main() (pop3d.c guards it).
 UNITOBJS = $(MBOBJS) io.o log.o
 tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
-	$(CC) $(ALLCFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
+	$(CC) $(ALLCFLAGS) -I. $(LDHARDEN) $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
 
 # Replay builds of the fuzz targets: `make check` runs the corpus through
 # them.  The session target links pop3d.c without main() and a fake login.
@@ -110,6 +111,8 @@ demo:
 	$(MAKE) pop3d
 	sh tests/demo.sh
 
+LAUNCHERS = $(wildcard xinetd.d/* systemd/*)
+
 install: pop3d
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(EXDIR)/pam.d \
 		$(DESTDIR)$(EXDIR)/xinetd.d $(DESTDIR)$(EXDIR)/systemd
@@ -117,7 +120,9 @@ install: pop3d
 	if [ -f pop3d.8 ]; then install -d $(DESTDIR)$(MANDIR)/man8 && \
 		install -m 0644 pop3d.8 $(DESTDIR)$(MANDIR)/man8/pop3d.8; fi
 	install -m 0644 pam.d/pop3d $(DESTDIR)$(EXDIR)/pam.d/pop3d
-	for f in xinetd.d/pop3d systemd/pop3d.socket systemd/pop3d@.service; do \
+	@# Every launcher file there is (pop3 and, with TLS, pop3s): the
+	@# Debian package takes them from here into /etc/xinetd.d and the units.
+	for f in $(LAUNCHERS); do \
 		sed 's|/usr/local/sbin|$(SBINDIR)|g' $$f > $(DESTDIR)$(EXDIR)/$$f && \
 		chmod 0644 $(DESTDIR)$(EXDIR)/$$f || exit 1; done
 	@# /etc is never overwritten; the PAM file is needed for PAM logins.
@@ -136,9 +141,8 @@ install: pop3d
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pop3d $(DESTDIR)$(MANDIR)/man8/pop3d.8
-	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d $(DESTDIR)$(EXDIR)/xinetd.d/pop3d \
-		$(DESTDIR)$(EXDIR)/systemd/pop3d.socket \
-		$(DESTDIR)$(EXDIR)/systemd/pop3d@.service
+	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d \
+		$(addprefix $(DESTDIR)$(EXDIR)/,$(LAUNCHERS))
 	-rmdir $(DESTDIR)$(EXDIR)/pam.d $(DESTDIR)$(EXDIR)/xinetd.d \
 		$(DESTDIR)$(EXDIR)/systemd $(DESTDIR)$(EXDIR) \
 		$(DESTDIR)$(PREFIX)/share/doc/pop3d 2>/dev/null
@@ -153,8 +157,8 @@ uninstall:
 # LD_PRELOAD shim of the crash tests (tests/faultinject.c): no sanitizer
 # and no _FILE_OFFSET_BITS, since it defines both pwrite and pwrite64.
 tests/faultinject.so: tests/faultinject.c
-	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) \
-		$(filter -Werror,$(EXTRA_CFLAGS)) -shared -fPIC \
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CPPFLAGS) $(CFLAGS) \
+		$(filter -Werror,$(EXTRA_CFLAGS)) -shared -fPIC $(LDFLAGS) \
 		-o $@ tests/faultinject.c -ldl
 clean: clean-faultinject
 clean-faultinject:
@@ -260,3 +264,13 @@ powerloss-mutants: powerloss-build
 		'$(PLWRAP)' '$(LIBS)'
 
 .PHONY: powerloss powerloss-build powerloss-mutants
+
+# The Debian package (debian/): built from a scratch copy of the tree,
+# lintian and blhc, then installed, served through its own launcher files,
+# upgraded, removed, purged and reinstalled on this machine, which is left
+# as it was (tests/deb-check).  As root; CI runs it after `make check`.
+deb-check:
+	@sh tests/deps.sh
+	bash tests/deb-check
+
+.PHONY: deb-check
