@@ -110,6 +110,10 @@ demo:
 	$(MAKE) pop3d
 	sh tests/demo.sh
 
+# Launcher examples, installed with the path to pop3d set to $(SBINDIR).
+EXAMPLES = xinetd.d/pop3d xinetd.d/pop3s systemd/pop3d.socket \
+	   systemd/pop3d@.service systemd/pop3s.socket systemd/pop3s@.service
+
 install: pop3d
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(EXDIR)/pam.d \
 		$(DESTDIR)$(EXDIR)/xinetd.d $(DESTDIR)$(EXDIR)/systemd
@@ -117,7 +121,7 @@ install: pop3d
 	if [ -f pop3d.8 ]; then install -d $(DESTDIR)$(MANDIR)/man8 && \
 		install -m 0644 pop3d.8 $(DESTDIR)$(MANDIR)/man8/pop3d.8; fi
 	install -m 0644 pam.d/pop3d $(DESTDIR)$(EXDIR)/pam.d/pop3d
-	for f in xinetd.d/pop3d systemd/pop3d.socket systemd/pop3d@.service; do \
+	for f in $(EXAMPLES); do \
 		sed 's|/usr/local/sbin|$(SBINDIR)|g' $$f > $(DESTDIR)$(EXDIR)/$$f && \
 		chmod 0644 $(DESTDIR)$(EXDIR)/$$f || exit 1; done
 	@# /etc is never overwritten; the PAM file is needed for PAM logins.
@@ -125,20 +129,21 @@ install: pop3d
 		echo "kept the existing $(DESTDIR)/etc/pam.d/pop3d"; \
 	else install -d $(DESTDIR)/etc/pam.d && \
 		install -m 0644 pam.d/pop3d $(DESTDIR)/etc/pam.d/pop3d; fi
-	@# The pre-auth user and its chroot, only on the real system.
+	@# The pre-auth and TLS users and their chroot, only on the real
+	@# system.
 	@if [ -z "$(DESTDIR)" ]; then \
-		getent passwd pop3d >/dev/null || useradd --system \
-			--no-create-home --home-dir /nonexistent \
-			--shell /usr/sbin/nologin pop3d || exit 1; \
+		for u in pop3d pop3d-tls; do \
+			getent passwd $$u >/dev/null || useradd --system \
+				--no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin $$u || exit 1; \
+		done; \
 		install -d -o root -g root -m 0755 /var/lib/pop3d && \
 		install -d -o root -g root -m 0555 /var/lib/pop3d/empty; \
 	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pop3d $(DESTDIR)$(MANDIR)/man8/pop3d.8
-	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d $(DESTDIR)$(EXDIR)/xinetd.d/pop3d \
-		$(DESTDIR)$(EXDIR)/systemd/pop3d.socket \
-		$(DESTDIR)$(EXDIR)/systemd/pop3d@.service
+	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d $(EXAMPLES:%=$(DESTDIR)$(EXDIR)/%)
 	-rmdir $(DESTDIR)$(EXDIR)/pam.d $(DESTDIR)$(EXDIR)/xinetd.d \
 		$(DESTDIR)$(EXDIR)/systemd $(DESTDIR)$(EXDIR) \
 		$(DESTDIR)$(PREFIX)/share/doc/pop3d 2>/dev/null
@@ -146,7 +151,7 @@ uninstall:
 		rm -f $(DESTDIR)/etc/pam.d/pop3d; \
 	elif [ -e $(DESTDIR)/etc/pam.d/pop3d ]; then \
 		echo "kept $(DESTDIR)/etc/pam.d/pop3d: it was changed"; fi
-	@echo "the pop3d user and /var/lib/pop3d/empty are left in place"
+	@echo "the pop3d and pop3d-tls users and /var/lib/pop3d/empty are left in place"
 
 .PHONY: check asan demo install uninstall
 
