@@ -374,12 +374,12 @@ def append_new(h, mbox, nmsgs):
 
 # How each client connects, when env does not say otherwise: plaintext.
 # pop3: a connected poplib object; curl: URL scheme and options;
-# fetchmail: its TLS keywords; mpop: its TLS and auth commands; getmail:
+# fetchmail: the host it polls and its TLS keywords; mpop: its TLS and auth commands; getmail:
 # the retriever type and its extra lines.
 PLAIN = {
     "pop3": lambda h, port: poplib.POP3("127.0.0.1", port, timeout=h.TIMEOUT),
     "curl": ("pop3", []),
-    "fetchmail": "sslproto ''",
+    "fetchmail": ("127.0.0.1", "sslproto ''"),
     "mpop": "tls off\nauth user\n",
     "getmail": ("SimplePOP3Retriever", ""),
 }
@@ -468,25 +468,26 @@ def case_curl(h, env):
 def case_fetchmail(h, env, keep):
     launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
     cl = Client(h, env["case"], "fetchmail")
+    host, tls = how(env, "fetchmail")
     out = cl.mkdir("out")
     # The MDA writes each message to a file of its own; "no rewrite" keeps
     # the addresses as sent; fetchmail adds one Received header (and makes
     # line ends LF for an MDA: stripcr is the default then).
     rc = cl.write("fetchmailrc",
                   "set no syslog\n"
-                  "poll 127.0.0.1 service %d protocol pop3 uidl auth password timeout 30\n"
+                  "poll %s service %d protocol pop3 uidl auth password timeout 30\n"
                   "  user \"%s\" there with password \"%s\" is \"%s\" here\n"
                   "  %s no rewrite %s\n"
                   "  mda \"sh -c 'cat > %s/m.$$'\"\n"
-                  % (launcher.port, h.ENV.vuser, h.ENV.vpw,
+                  % (host, launcher.port, h.ENV.vuser, h.ENV.vpw,
                      cl.user.pw_name if cl.user else os.environ.get("USER", "nobody"),
-                     "keep" if keep else "no keep", how(env, "fetchmail"), out))
+                     "keep" if keep else "no keep", tls, out))
 
     def run():
         p = cl.run(["fetchmail", "-f", rc, "-i", cl.path("fetchids")])
         if p.returncode not in (0, 1):      # 1: no mail
             raise Fail("fetchmail exit %d: %r" % (p.returncode, p.stderr[-300:]))
-        return [strip_header(t, b"Received: from 127.0.0.1") for t in cl.files(out)]
+        return [strip_header(t, b"Received: from " + host.encode()) for t in cl.files(out)]
     err = compare(run(), [as_seen(m) for m in msgs], "first run")
     if err:
         raise Fail(err)
