@@ -369,6 +369,40 @@ class DovecotTls(Listener):
         self.spawn(master)
 
 
+# ------------------------------------------------------------ OpenSSL cost
+
+def openssl_costs(R, pki, out, count=50):
+    """What a fresh process pays for OpenSSL before a handshake
+    (bench/tlsinit.c, built here), and the spawn of it against /bin/true:
+    the difference beyond its own steps is the loading and relocation of
+    libssl and libcrypto."""
+    binary = os.path.join(R.TMP, "tlsinit")
+    src = os.path.join(R.BENCH, "tlsinit.c")
+    if subprocess.run(["cc", "-O2", "-o", binary, src, "-lssl", "-lcrypto"]).returncode:
+        print("bench/tlsinit.c did not build (libssl-dev)", file=R.sys.stderr)
+        return
+    steps = {}
+    spawn = {"true": [], "tlsinit": []}
+    for _ in range(count):
+        for name, argv in (("true", ["/bin/true"]),
+                           ("tlsinit", [binary, pki["cert"], pki["key"]])):
+            t0 = time.perf_counter()
+            p = subprocess.run(argv, capture_output=True, check=True)
+            spawn[name].append(time.perf_counter() - t0)
+            for kv in p.stdout.split():
+                k, _, v = kv.decode().partition("=")
+                steps.setdefault(k, []).append(float(v) / 1e6)
+    inside = sum(R.med(v) for v in steps.values())
+    load = R.med(spawn["tlsinit"]) - R.med(spawn["true"]) - inside
+    print("\nOpenSSL %s in a fresh process (bench/tlsinit.c, medians of %d): "
+          "%s, together %s; loading libssl and libcrypto %s (spawn+wait of "
+          "tlsinit %s against /bin/true %s)."
+          % (ssl.OPENSSL_VERSION.split()[1], count,
+             ", ".join("%s %s" % (k, R.fmt_t(R.med(v))) for k, v in steps.items()),
+             R.fmt_t(inside), R.fmt_t(load), R.fmt_t(R.med(spawn["tlsinit"])),
+             R.fmt_t(R.med(spawn["true"]))), file=out, flush=True)
+
+
 # ------------------------------------------------------------------- run
 
 def empty_maildrop(R):
@@ -440,7 +474,9 @@ def bench(R, size, runs, setups, pop3d, popa3d, out):
         for s in servers:
             s.stop()
         empty_maildrop(R)
-    return report(R, servers, times, runs, setups, size, n, out)
+    med = report(R, servers, times, runs, setups, size, n, out)
+    openssl_costs(R, pki, out)
+    return med
 
 
 def report(R, servers, times, runs, setups, size, n, out):
