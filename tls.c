@@ -508,12 +508,12 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 	log_reopen();
 	if ((ctx = tls_load(cfg)) == NULL)
 		_exit(1);
+	memset(&r, 0, sizeof(r));
+	r.net_kind = io_kind(net_out);		/* fstat: before seccomp */
 	priv_confine(t->drop, t->uid, t->gid, POP3D_TLS_NOFILE,
 	    cfg->tls_user ? cfg->tls_user : POP3D_TLS_USER);
-	memset(&r, 0, sizeof(r));
 	r.net_in = net_in;
 	r.net_out = net_out;
-	r.net_kind = io_kind(net_out);
 	r.plain = t->plain_peer;
 	r.ctl = t->ctl_peer;
 	r.rhost = rhost;
