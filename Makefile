@@ -12,14 +12,14 @@ CFLAGS	?= -O2 -g
 HARDEN	 = -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CFLAGS) $(EXTRA_CFLAGS)
 LDHARDEN = -pie -Wl,-z,relro,-z,now
-LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
+LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash -lssl -lcrypto
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o outcome.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h
+	   state.h priv.h root.h journal.h plan.h tls.h
 
 all: pop3d
 

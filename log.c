@@ -22,6 +22,24 @@ log_init(int debug)
 		openlog("pop3d", LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+/* Opens the syslog socket anew (a forked helper that closed every other
+ * descriptor, before it chroots); nothing with --debug. */
+void
+log_reopen(void)
+{
+	if (!log_debug) {
+		closelog();
+		openlog("pop3d", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	}
+}
+
+/* Is the log stderr (--debug)? */
+int
+log_to_stderr(void)
+{
+	return log_debug;
+}
+
 static void __attribute__((format(printf, 2, 0)))
 vlog(int prio, const char *fmt, va_list ap)
 {
