@@ -141,7 +141,6 @@ def xinetd_pop3s_session(h):
         raise Fail("needs root (xinetd runs pop3d as root)")
     if not shutil.which("xinetd"):
         raise Fail("xinetd is not installed")
-    h.ensure_user(T.TLS_USER)
     case, mbox = seed_case(h)
     pki = T.make_pki(h, case)
     lau = T.start_pop3s_xinetd(h, case, pki, C.session_args(h, case, "root"))
@@ -318,8 +317,6 @@ def systemd_pop3s_session(h):
     if not shutil.which("systemd-socket-activate"):
         raise Fail("systemd-socket-activate is not installed (package systemd)")
     mode = "root" if h.ROOT else "user"
-    if h.ROOT:
-        h.ensure_user(T.TLS_USER)
     case, mbox = seed_case(h)
     pki = T.make_pki(h, case)
     argv = T.tls_args(shlex.join(exec_start(h, "pop3s@.service")), pki, "pop3s@.service")

@@ -34,10 +34,6 @@ C = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(C)
 Fail = C.Fail
 
-# The TLS process's user (pop3d(8)); root mode refuses to start without it.
-TLS_USER = "pop3d-tls"
-
-
 # --------------------------------------------------------------------- PKI
 
 CA_EXT = ("basicConstraints=critical,CA:TRUE,pathlen:0\n"
@@ -290,8 +286,6 @@ def run_case(h, name, fn, implicit, msgs, program):
 def tests(h):
     msgs = C.tricky_messages()
     launcher_name = "xinetd" if h.ROOT else "socket-activate"
-    if h.ROOT:
-        h.ensure_user(TLS_USER)
     for kind, implicit in (("stls", False), ("pop3s", True)):
         for client, program, fn in CASES:
             if client.startswith("getmail") and not implicit:
