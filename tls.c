@@ -451,14 +451,13 @@ relay(struct relay *r, int64_t deadline)
 		pfd[0].events = POLLIN;
 		pfd[1].fd = pending_out(r) > 0 ? r->net_out : -1;
 		pfd[1].events = POLLOUT;
-		/* before the handshake only the session's end (POLLHUP) */
+		/* with no events, still the session's end (POLLHUP): before
+		 * the handshake, and while the client is not reading */
 		pfd[2].fd = r->plain_eof ? -1 : r->plain;
 		if (done && pending_out(r) < POP3D_TLS_BUFFER)
 			pfd[2].events |= POLLIN;
 		if (r->doff < r->dlen)
 			pfd[2].events |= POLLOUT;
-		if (done && pfd[2].events == 0)
-			pfd[2].fd = -1;
 		now = io_now();
 		if (!done)
 			end = deadline;
@@ -478,9 +477,12 @@ relay(struct relay *r, int64_t deadline)
 			fatal("poll");
 		if (k <= 0)
 			continue;
-		/* the session ended before the handshake did */
-		if (!done && pfd[2].revents & (POLLHUP | POLLERR))
+		/* the session ended before the handshake did: nothing but its
+		 * --auth-timeout ends it then */
+		if (!done && pfd[2].revents & (POLLHUP | POLLERR)) {
+			handshake_failed(r, "timed out");
 			return;
+		}
 		if (pfd[1].revents && to_client(r) < 0)
 			return;
 		if (pfd[0].revents)
