@@ -13,14 +13,14 @@ HARDEN	 = -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CPPFLAGS) $(CFLAGS) \
 	    $(EXTRA_CFLAGS)
 LDHARDEN = -pie -Wl,-z,relro,-z,now
-LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
+LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash -lssl -lcrypto
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o outcome.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h
+	   state.h priv.h root.h journal.h plan.h tls.h
 
 all: pop3d
 
@@ -130,11 +130,14 @@ install: pop3d
 		echo "kept the existing $(DESTDIR)/etc/pam.d/pop3d"; \
 	else install -d $(DESTDIR)/etc/pam.d && \
 		install -m 0644 pam.d/pop3d $(DESTDIR)/etc/pam.d/pop3d; fi
-	@# The pre-auth user and its chroot, only on the real system.
+	@# The pre-auth and TLS users and their chroot, only on the real
+	@# system.
 	@if [ -z "$(DESTDIR)" ]; then \
-		getent passwd pop3d >/dev/null || useradd --system \
-			--no-create-home --home-dir /nonexistent \
-			--shell /usr/sbin/nologin pop3d || exit 1; \
+		for u in pop3d pop3d-tls; do \
+			getent passwd $$u >/dev/null || useradd --system \
+				--no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin $$u || exit 1; \
+		done; \
 		install -d -o root -g root -m 0755 /var/lib/pop3d && \
 		install -d -o root -g root -m 0555 /var/lib/pop3d/empty; \
 	fi
@@ -150,7 +153,7 @@ uninstall:
 		rm -f $(DESTDIR)/etc/pam.d/pop3d; \
 	elif [ -e $(DESTDIR)/etc/pam.d/pop3d ]; then \
 		echo "kept $(DESTDIR)/etc/pam.d/pop3d: it was changed"; fi
-	@echo "the pop3d user and /var/lib/pop3d/empty are left in place"
+	@echo "the pop3d and pop3d-tls users and /var/lib/pop3d/empty are left in place"
 
 .PHONY: check asan demo install uninstall
 

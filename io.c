@@ -182,19 +182,25 @@ in_line(struct in *in, struct out *out, char *line, size_t max)
 	return IN_LINE;
 }
 
-void
-out_init(struct out *out, int fd, const struct io_limit *limit)
+int
+io_kind(int fd)
 {
 	struct stat st;
 
-	out->fd = fd;
-	out->kind = OUT_POLL;
 	if (fstat(fd, &st) == 0) {
 		if (S_ISSOCK(st.st_mode))
-			out->kind = OUT_SOCKET;
-		else if (S_ISREG(st.st_mode))
-			out->kind = OUT_FILE;
+			return OUT_SOCKET;
+		if (S_ISREG(st.st_mode))
+			return OUT_FILE;
 	}
+	return OUT_POLL;
+}
+
+void
+out_init(struct out *out, int fd, const struct io_limit *limit)
+{
+	out->fd = fd;
+	out->kind = io_kind(fd);
 	out->limit = limit;
 	out->error = 0;
 	out->timedout = 0;
@@ -255,17 +261,41 @@ write_full(int fd, const void *buf, size_t len)
  * poll() said there is room, and then at most PIPE_BUF octets, which a
  * pipe with room takes without blocking.  Returns what write() does.
  */
+ssize_t
+io_write_some(int fd, int kind, const void *p, size_t len)
+{
+	switch (kind) {
+	case OUT_SOCKET:
+		return send(fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	case OUT_FILE:
+		return write(fd, p, len);
+	default:
+		return write(fd, p, len < PIPE_BUF ? len : PIPE_BUF);
+	}
+}
+
 static ssize_t
 out_some(struct out *out, const unsigned char *p, size_t len)
 {
-	switch (out->kind) {
-	case OUT_SOCKET:
-		return send(out->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-	case OUT_FILE:
-		return write(out->fd, p, len);
-	default:
-		return write(out->fd, p, len < PIPE_BUF ? len : PIPE_BUF);
-	}
+	return io_write_some(out->fd, out->kind, p, len);
+}
+
+/*
+ * Moves both directions to fd, a socket (the TLS process's plaintext
+ * end).  Input buffered but not yet read is wiped and dropped: it came
+ * before the switch, and a command pipelined after STLS must never run
+ * (CVE-2011-0411).  The output must have been flushed.
+ */
+void
+io_switch(struct in *in, struct out *out, int fd)
+{
+	explicit_bzero(in->buf, sizeof(in->buf));
+	in->start = in->end = 0;
+	in->eof = 0;
+	in->fd = fd;
+	out->fd = fd;
+	out->kind = OUT_SOCKET;
+	out->len = 0;
 }
 
 /* Each wait for room restarts an idle limit: a client that reads slowly

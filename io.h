@@ -82,6 +82,15 @@ int	write_full(int fd, const void *buf, size_t len);
 ssize_t	read_at(int fd, unsigned char *buf, size_t len, off_t off);
 int	write_at(int fd, const unsigned char *buf, size_t len, off_t off);
 
+/* The OUT_ kind of fd (fstat), and a write of some of p that does not
+ * block on the client when it is a socket, or a pipe that poll() said
+ * has room.  Return what write() does. */
+int	io_kind(int fd);
+ssize_t	io_write_some(int fd, int kind, const void *p, size_t len);
+/* Moves both directions to the socket fd, dropping (and wiping) the input
+ * buffered so far; out must be flushed (TLS, after STLS). */
+void	io_switch(struct in *, struct out *, int fd);
+
 /* fd may be a socket, a pipe, a tty or a regular file, shared with other
  * processes: its file status flags are left alone. */
 void	out_init(struct out *, int fd, const struct io_limit *);

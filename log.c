@@ -22,14 +22,39 @@ log_init(int debug)
 		openlog("pop3d", LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+/* Opens the syslog socket anew (a forked helper that closed every other
+ * descriptor, before it chroots); nothing with --debug. */
+void
+log_reopen(void)
+{
+	if (!log_debug) {
+		closelog();
+		openlog("pop3d", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	}
+}
+
+/* Is the log stderr (--debug)? */
+int
+log_to_stderr(void)
+{
+	return log_debug;
+}
+
 static void __attribute__((format(printf, 2, 0)))
 vlog(int prio, const char *fmt, va_list ap)
 {
 	if (log_debug) {
-		char buf[1024];
+		char buf[1024], line[1100];
+		int n;
 
 		vsnprintf(buf, sizeof(buf), fmt, ap);
-		dprintf(STDERR_FILENO, "pop3d[%ld]: %s\n", (long)getpid(), buf);
+		/* one write(): dprintf() calls lseek and fstat, which the
+		 * seccomp filter of the confined processes refuses */
+		n = snprintf(line, sizeof(line), "pop3d[%ld]: %s\n",
+		    (long)getpid(), buf);
+		if (n > 0)
+			(void)!write(STDERR_FILENO, line, (size_t)n <
+			    sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	} else
 		vsyslog(prio, fmt, ap);
 }

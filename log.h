@@ -8,6 +8,8 @@
 #include <stddef.h>
 
 void	log_init(int debug);
+void	log_reopen(void);
+int	log_to_stderr(void);
 void	logmsg(int prio, const char *fmt, ...)
 	    __attribute__((format(printf, 2, 3)));
 void	fatal(const char *fmt, ...)

@@ -45,6 +45,10 @@ static const struct {
 			    "try again later.", O_SERVER },
 	[R_TIMEOUT]	= { "Autologout; idle for too long.", O_SERVER },
 	[R_BAD]		= { "Too many bad commands.", O_SERVER },
+	[R_NEEDTLS]	= { "[AUTH] TLS is required for logins: use STLS "
+			    "first.", O_CLIENT },
+	[R_NOTLS]	= { "TLS is not available.", O_CLIENT },
+	[R_TLSACTIVE]	= { "TLS is already active.", O_CLIENT },
 };
 
 const char *

@@ -102,6 +102,21 @@
 #define POP3D_CHILD_NOFILE	1
 /* Empty directory the pre-authentication child is chrooted to. */
 #define POP3D_EMPTY_DIR		"/var/lib/pop3d/empty"
+/* Unprivileged user of the TLS process (--tls-user): not the pre-auth
+ * child's, so that a compromised parser can neither ptrace nor signal the
+ * process that holds the private key. */
+#define POP3D_TLS_USER		"pop3d-tls"
+/* Open files of the TLS process: no new descriptor, but poll() on its three
+ * (network in, network out, the plaintext socketpair) needs the limit at 3. */
+#define POP3D_TLS_NOFILE	3
+/* Octets of ciphertext the TLS process holds for a client that reads
+ * slowly before it stops taking plaintext from the session: the session's
+ * own write limits then apply, as without TLS. */
+#define POP3D_TLS_BUFFER	(256U << 10)
+/* Seconds the TLS process waits for each progress of the client taking
+ * the last replies after the session has ended: one that reads is done in
+ * well under that; one that stopped reading is not waited for. */
+#define POP3D_TLS_LINGER	5
 /* Where root mode keeps the per-maildrop session locks and UPDATE
  * journals: on disk, since a journal must outlive a power cut. */
 #define POP3D_STATE_DIR		"/var/lib/pop3d/state"

@@ -4,9 +4,10 @@
  *
  * Root mode: root.c runs the pre-auth child and the parent's login loop,
  * then the session goes on as the user.  User mode: the states in one
- * process, with no privilege changes (session.c).
- * Calls: root.c, session.c, state.c (maildrop_open for --list-uidl),
- * mailbox.c, auth.c (the mailbox template), log.c.
+ * process, with no privilege changes (session.c).  With TLS, the TLS
+ * process (tls.c) sits between the client and either.
+ * Calls: root.c, session.c, tls.c, state.c (maildrop_open for
+ * --list-uidl), mailbox.c, auth.c (the mailbox template), log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -60,19 +61,26 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	s->how = END_NONE;
 	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
 	s->state = ST_AUTH;
+	tls_init(&s->tls);
 	session_limit(s, io_now());
 	in_init(&s->in, infd, &s->limit);
 	out_init(&s->out, outfd, &s->limit);
 	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
 	if (cfg->root)
 		status = root_run(s);
+	else if (cfg->tls_implicit && tls_start(&s->tls, cfg, infd, outfd,
+	    s->limit.end, rhost) < 0)
+		status = 1;
 	else {
+		if (cfg->tls_implicit)
+			session_use_tls(s);
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
 	}
+	out_flush(&s->out);
+	tls_finish(&s->tls);	/* the client has all before the summary */
 	if (status == 0)
 		session_log_summary(s);
-	out_flush(&s->out);
 	if (s->mb != NULL)
 		mailbox_close(s->mb);
 	state_close(&s->st);
@@ -149,13 +157,20 @@ usage(int status)
 "  --max-messages N       serve at most the first N messages (default %u)\n"
 "  --max-bytes N          serve at most N octets, whole messages (default 0:\n"
 "                         no limit); the rest waits for a later session\n"
+"  --tls-cert FILE        PEM certificate chain: offers STLS, or with\n"
+"                         --tls-implicit TLS from the first octet\n"
+"  --tls-key FILE         PEM private key, read only by the TLS process\n"
+"  --tls-implicit         TLS from the first octet (pop3s, port 995)\n"
+"  --tls-user USER        the TLS process's user in root mode (default %s)\n"
+"  --allow-plaintext-auth with TLS, still allow logins before STLS\n"
 "  --list-uidl USER       print the UIDL listing of USER's maildrop, exit\n"
 "  -d, --debug            log to stderr instead of syslog\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n",
 	    POP3D_MAILBOX, POP3D_PAM_SERVICE, POP3D_STATE_DIR,
 	    POP3D_AUTH_TIMEOUT, POP3D_IDLE_TIMEOUT, POP3D_LOCK_TIMEOUT,
-	    POP3D_FAIL_DELAY_MS, POP3D_UIDL_FORMAT, MBOX_MAX_MESSAGES);
+	    POP3D_FAIL_DELAY_MS, POP3D_UIDL_FORMAT, MBOX_MAX_MESSAGES,
+	    POP3D_TLS_USER);
 	exit(status);
 }
 
@@ -197,6 +212,11 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		{ "uidl-format",  required_argument, NULL, 'X' },
 		{ "max-messages", required_argument, NULL, 'M' },
 		{ "max-bytes",	  required_argument, NULL, 'B' },
+		{ "tls-cert",	  required_argument, NULL, 'c' },
+		{ "tls-key",	  required_argument, NULL, 'k' },
+		{ "tls-implicit", no_argument,	     NULL, 'I' },
+		{ "tls-user",	  required_argument, NULL, 'T' },
+		{ "allow-plaintext-auth", no_argument, NULL, 'A' },
 		{ "list-uidl",	  required_argument, NULL, 'u' },
 		{ "debug",	  no_argument,	     NULL, 'd' },
 		{ "version",	  no_argument,	     NULL, 'V' },
@@ -275,6 +295,11 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 			}
 			cfg->max_bytes = bytes;
 			break;
+		case 'c': cfg->tls_cert = optarg; break;
+		case 'k': cfg->tls_key = optarg; break;
+		case 'I': cfg->tls_implicit = 1; break;
+		case 'T': cfg->tls_user = optarg; break;
+		case 'A': cfg->allow_plaintext_auth = 1; break;
 		case 'u': *list_user = optarg; break;
 		case 'd': cfg->debug = 1; break;
 		case 'V':
@@ -286,6 +311,16 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 	}
 	if (optind != argc)
 		usage(2);
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		fprintf(stderr, "pop3d: --tls-cert and --tls-key go together\n");
+		usage(2);
+	}
+	if ((cfg->tls_implicit || cfg->tls_user != NULL) &&
+	    cfg->tls_cert == NULL) {
+		fprintf(stderr, "pop3d: --tls-implicit and --tls-user need "
+		    "--tls-cert and --tls-key\n");
+		usage(2);
+	}
 	if (cfg->uidl_format != NULL && cfg->uidl_mode != UIDL_XUID) {
 		fprintf(stderr, "pop3d: --uidl-format needs --uidl x-uid\n");
 		usage(2);

@@ -36,6 +36,11 @@ struct config {
 	enum uidl_mode	 uidl_mode;
 	const char	*uidl_format;	/* X-UID ids (--uidl-format); NULL:
 					 * POP3D_UIDL_FORMAT */
+	const char	*tls_cert;	/* PEM chain; NULL: no TLS at all */
+	const char	*tls_key;	/* PEM private key (only the TLS process) */
+	const char	*tls_user;	/* the TLS process's user (root mode) */
+	int		 tls_implicit;	/* TLS from the first octet (pop3s) */
+	int		 allow_plaintext_auth;	/* logins before TLS, with TLS */
 };
 
 /* pop3d.c */

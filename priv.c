@@ -1,7 +1,8 @@
 /*
  * priv.c: privileges: the drop for good to the user (never gid mail or 0),
- * and the confinement of the pre-auth child (chroot to the empty
- * directory, the unprivileged user, rlimits, no new privileges, seccomp).
+ * and the confinement of the pre-auth child and of the TLS process (chroot
+ * to the empty directory, an unprivileged user, not dumpable, rlimits, no
+ * new privileges, seccomp).
  * Calls: log.c.
  */
 #include <errno.h>
@@ -92,9 +93,11 @@ priv_drop(const struct account *acct)
 }
 
 /*
- * The pre-auth child's seccomp filter: an allow-list of what reading the
- * client, talking to the parent and logging need (plus the memory calls
- * of malloc and the sanitizers); anything else fails with EPERM rather
+ * The seccomp filter of the pre-auth child and of the TLS process: an
+ * allow-list of what reading the client, talking to the parent, relaying
+ * and logging need (plus the memory calls of malloc and the sanitizers,
+ * getrandom for OpenSSL's reseeding and shutdown for the TLS process's
+ * half-close); anything else fails with EPERM rather
  * than killing, so a libc that picks another call for the same job gives
  * an error the child survives.  Only where the audit arch is known.
  */
@@ -144,6 +147,7 @@ child_seccomp(void)
 #endif
 		ALLOW(SYS_brk), ALLOW(SYS_mmap), ALLOW(SYS_munmap),
 		ALLOW(SYS_mremap), ALLOW(SYS_madvise), ALLOW(SYS_futex),
+		ALLOW(SYS_getrandom), ALLOW(SYS_shutdown),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
 	};
 	static const struct sock_fprog prog = {
@@ -158,34 +162,39 @@ child_seccomp(void)
 #endif
 
 /*
- * Root mode, in the child: chroot to the empty directory and become the
- * unprivileged user, with nothing that could bring privileges back: no
- * new privileges, no new processes, no core dumps, and (where supported)
- * a seccomp allow-list.  The empty root directory is not writable, so no
- * new files either; there is no file-size limit, because stdout may be a
- * file (`pop3d < in > out`).
+ * Confines a forked helper: the pre-auth child, or the TLS process once it
+ * has loaded its key.  With drop (root mode): chroot to the empty
+ * directory and become uid/gid with no supplementary groups.  Always:
+ * not dumpable (neither ptrace nor /proc/PID/mem from the same user), no
+ * new privileges, no new processes, no core dumps, at most nofile open
+ * files, and (where supported) the seccomp allow-list.  The empty root
+ * directory is not writable, so no new files either; there is no
+ * file-size limit, because stdout may be a file (`pop3d < in > out`).
  */
 void
-priv_confine_child(const struct passwd *pw)
+priv_confine(int drop, uid_t uid, gid_t gid, int nofile, const char *who)
 {
 	struct rlimit zero = { 0, 0 };
-	struct rlimit nofile = { POP3D_CHILD_NOFILE, POP3D_CHILD_NOFILE };
+	struct rlimit files = { (rlim_t)nofile, (rlim_t)nofile };
 
-	if (chroot(POP3D_EMPTY_DIR) < 0 || chdir("/") < 0)
-		fatal("chroot %s", POP3D_EMPTY_DIR);
-	if (setgroups(0, NULL) < 0 ||
-	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
-	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0)
-		fatal("dropping to %s", POP3D_USER);
-	if (setuid(0) == 0)
-		fatalx("privileges were not dropped");
+	if (drop) {
+		if (chroot(POP3D_EMPTY_DIR) < 0 || chdir("/") < 0)
+			fatal("chroot %s", POP3D_EMPTY_DIR);
+		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+		    setresuid(uid, uid, uid) < 0)
+			fatal("dropping to %s", who);
+		if (setuid(0) == 0)
+			fatalx("privileges were not dropped");
+	}
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		fatal("PR_SET_DUMPABLE");
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fatal("PR_SET_NO_NEW_PRIVS");
 	if (setrlimit(RLIMIT_CORE, &zero) < 0 ||
 	    setrlimit(RLIMIT_NPROC, &zero) < 0)
 		fatal("setrlimit");
 	/* valgrind refuses this one; the seccomp filter covers it there */
-	if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+	if (setrlimit(RLIMIT_NOFILE, &files) < 0)
 		logmsg(LOG_WARNING, "setrlimit RLIMIT_NOFILE: %s",
 		    strerror(errno));
 #ifdef SECCOMP_ARCH

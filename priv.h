@@ -1,5 +1,6 @@
 /*
- * priv.h: privilege drop and the pre-auth child's confinement (priv.c).
+ * priv.h: privilege drop and the confinement of the pre-auth child and
+ * the TLS process (priv.c).
  */
 #ifndef PRIV_H
 #define PRIV_H
@@ -10,6 +11,7 @@
 
 int	priv_servable(const struct account *acct);
 int	priv_drop(const struct account *acct);
-void	priv_confine_child(const struct passwd *pw);
+void	priv_confine(int drop, uid_t uid, gid_t gid, int nofile,
+	    const char *who);
 
 #endif

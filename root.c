@@ -1,10 +1,12 @@
 /*
  * root.c: what runs as root: the pre-auth child (forked, confined by
- * priv.c, reading the AUTHORIZATION state and sending each login attempt
- * as one bounded record over a socketpair), the parent's loop that checks
- * those records, and the child's exit status that tells how it ended.
- * Calls: session.c (the loop, the login check, session_start), priv.c,
- * io.c, log.c.
+ * priv.c, reading the AUTHORIZATION state and sending each login attempt,
+ * or its STLS, as one bounded record over a socketpair), the parent's loop
+ * that checks those records (and starts the TLS process, tls.c, for
+ * STLS or at the connect with --tls-implicit), and the child's exit status
+ * that tells how it ended.
+ * Calls: session.c (the loop, the login check, session_start), tls.c,
+ * priv.c, io.c, log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,8 +41,12 @@
 #include "root.h"
 #include "session.h"
 
-/* The record the pre-auth child sends per login attempt. */
+/* The record the pre-auth child sends per login attempt (REC_LOGIN) or
+ * for STLS (REC_STLS, at most once, user and password empty). */
+enum { REC_LOGIN = 1, REC_STLS };
+
 struct login_rec {
+	uint32_t	kind;		/* REC_ */
 	uint32_t	ulen, plen;
 	char		user[POP3D_USER_MAX + 1];
 	char		pass[POP3D_PASS_MAX + 1];
@@ -59,6 +65,7 @@ login_child(struct session *s, const char *user, char *pass)
 	char v;
 
 	memset(&rec, 0, sizeof(rec));
+	rec.kind = REC_LOGIN;
 	rec.ulen = (uint32_t)strnlen(user, POP3D_USER_MAX);
 	rec.plen = (uint32_t)strnlen(pass, POP3D_PASS_MAX);
 	memcpy(rec.user, user, rec.ulen);
@@ -88,6 +95,40 @@ login_child(struct session *s, const char *user, char *pass)
 	    write_full(s->priv_fd, s->in.buf + s->in.start, left) < 0)
 		_exit(1);
 	_exit(0);
+}
+
+/*
+ * Pre-auth child: STLS.  The parent starts the TLS process on the client
+ * socket and answers 'Y' when it is ready (the child then answers +OK and
+ * moves to the plaintext socket, which it inherited), or 'T'.
+ */
+static int
+stls_child(struct session *s)
+{
+	struct login_rec rec;
+	char v;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.kind = REC_STLS;
+	if (write_full(s->priv_fd, &rec, sizeof(rec)) < 0 ||
+	    read_full(s->priv_fd, &v, 1, NULL) < 0)
+		_exit(1);
+	return v == 'Y' ? R_SENT : R_SYSTEMP;
+}
+
+/*
+ * Root mode, in the parent, for the child's STLS record: starts the TLS
+ * process on the client socket and moves to its plaintext socket as the
+ * child will.  Returns the verdict for the child.
+ */
+static char
+parent_stls(struct session *s)
+{
+	if (tls_start(&s->tls, s->cfg, s->in.fd, s->out.fd, s->limit.end,
+	    s->rhost) < 0)
+		return 'T';
+	session_use_tls(s);
+	return 'Y';
 }
 
 /*
@@ -124,7 +165,17 @@ parent_auth(struct session *s, int fd)
 	while (fails < POP3D_MAX_FAILS) {
 		if (read_full(fd, &rec, sizeof(rec), child_limit(s, &lim)) < 0)
 			return errno == ETIMEDOUT ? -1 : 0;
-		if (rec.ulen > POP3D_USER_MAX || rec.plen > POP3D_PASS_MAX)
+		if (rec.kind == REC_STLS && s->cfg->tls_cert != NULL &&
+		    !s->cfg->tls_implicit && !s->tls.active &&
+		    rec.ulen == 0 && rec.plen == 0) {
+			char v = parent_stls(s);
+
+			if (write_full(fd, &v, 1) < 0)
+				break;
+			continue;
+		}
+		if (rec.kind != REC_LOGIN || rec.ulen > POP3D_USER_MAX ||
+		    rec.plen > POP3D_PASS_MAX)
 			fatalx("bad record from the pre-auth child");
 		rec.user[rec.ulen] = '\0';
 		rec.pass[rec.plen] = '\0';
@@ -153,27 +204,84 @@ parent_auth(struct session *s, int fd)
 	return 0;
 }
 
+/* Refuses the session when root mode cannot run safely: the reply in
+ * clear, unless the client expects TLS from the first octet. */
+static int
+refuse(struct session *s)
+{
+	if (!s->cfg->tls_implicit)
+		session_error(s, R_SYSTEMP);
+	return 1;
+}
+
+/* The unprivileged user named name, or NULL (logged). */
+static const struct passwd *
+helper_user(const char *name)
+{
+	const struct passwd *pw = getpwnam(name);
+
+	if (pw == NULL || pw->pw_uid == 0) {
+		logmsg(LOG_ERR, "user %s is missing; run make install", name);
+		return NULL;
+	}
+	return pw;
+}
+
+/*
+ * With TLS configured: the TLS process's user (a user of its own, never
+ * the pre-auth child's uid) into s->tls, and its sockets, made before the
+ * child so that it inherits the plaintext end.  Returns 0, or -1 (logged).
+ */
+static int
+root_tls_setup(struct session *s, uid_t child_uid)
+{
+	const char *name = s->cfg->tls_user ? s->cfg->tls_user :
+	    POP3D_TLS_USER;
+	const struct passwd *pw = helper_user(name);
+
+	if (pw == NULL)
+		return -1;
+	if (pw->pw_uid == child_uid) {
+		logmsg(LOG_ERR, "user %s must not be the pre-auth user %s",
+		    name, POP3D_USER);
+		return -1;
+	}
+	s->tls.drop = 1;
+	s->tls.uid = pw->pw_uid;
+	s->tls.gid = pw->pw_gid;
+	if (tls_prepare(&s->tls) < 0)
+		fatal("socketpair");
+	return 0;
+}
+
 /* Root mode: forks the pre-auth child and serves the session after it. */
 int
 root_run(struct session *s)
 {
-	const struct passwd *pw = getpwnam(POP3D_USER);
+	const struct passwd *pw = helper_user(POP3D_USER);
 	struct stat st;
+	uid_t uid;
+	gid_t gid;
 	int sv[2], status, ok;
 	pid_t pid;
 
-	if (pw == NULL || pw->pw_uid == 0) {
-		logmsg(LOG_ERR, "user %s is missing; run make install",
-		    POP3D_USER);
-		session_error(s, R_SYSTEMP);
-		return 1;
-	}
+	if (pw == NULL)
+		return refuse(s);
+	uid = pw->pw_uid;	/* getpwnam's storage is reused */
+	gid = pw->pw_gid;
+	if (s->cfg->tls_cert != NULL && root_tls_setup(s, uid) < 0)
+		return refuse(s);
 	if (stat(POP3D_EMPTY_DIR, &st) < 0 || !S_ISDIR(st.st_mode) ||
 	    st.st_uid != 0 || (st.st_mode & 022) != 0) {
 		logmsg(LOG_ERR, "directory %s is missing or unsafe; run make "
 		    "install", POP3D_EMPTY_DIR);
-		session_error(s, R_SYSTEMP);
-		return 1;
+		return refuse(s);
+	}
+	if (s->cfg->tls_implicit) {
+		if (tls_start(&s->tls, s->cfg, s->in.fd, s->out.fd,
+		    s->limit.end, s->rhost) < 0)
+			return 1;
+		session_use_tls(s);
 	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		fatal("socketpair");
@@ -181,9 +289,11 @@ root_run(struct session *s)
 		fatal("fork");
 	if (pid == 0) {
 		close(sv[0]);
-		priv_confine_child(pw);
+		tls_forget(&s->tls);
+		priv_confine(1, uid, gid, POP3D_CHILD_NOFILE, POP3D_USER);
 		s->priv_fd = sv[1];
 		s->login = login_child;
+		s->stls = stls_child;
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
 		_exit(s->how == END_NONE ? END_ABORTED : s->how);

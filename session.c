@@ -2,9 +2,9 @@
  * session.c: one POP3 session's protocol: the command table, dispatch,
  * the command handlers, the login check (with its fail delay), the start
  * of TRANSACTION and the session loop.
- * The pre-auth child's login reaches the parent through s->login (set by
- * root.c), so calls point down only.
- * Calls: state.c (maildrop_open), auth.c, mailbox.c, io.c, log.c.
+ * The pre-auth child's login and STLS reach the parent through s->login
+ * and s->stls (set by root.c), so calls point down only.
+ * Calls: state.c (maildrop_open), auth.c, mailbox.c, tls.c, io.c, log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -232,9 +232,76 @@ login(struct session *s, const char *user, char *pass)
 
 /* ---- AUTHORIZATION ---------------------------------------------------- */
 
+/* With TLS configured, are logins refused here?  Before TLS, unless
+ * --allow-plaintext-auth: a password must not cross the network in
+ * clear. */
+static int
+plaintext_refused(const struct session *s)
+{
+	return s->cfg->tls_cert != NULL && !s->tls.active &&
+	    !s->cfg->allow_plaintext_auth;
+}
+
+/*
+ * Moves the session onto the TLS process's plaintext socket: what was
+ * buffered from the client is dropped (CVE-2011-0411: nothing pipelined
+ * after STLS may run), the client's own descriptors released, and a name
+ * given by USER before TLS forgotten.
+ */
+void
+session_use_tls(struct session *s)
+{
+	int net_in = s->in.fd, net_out = s->out.fd;
+
+	io_switch(&s->in, &s->out, s->tls.plain);
+	tls_release_raw(net_in, net_out);
+	s->tls.active = 1;
+	explicit_bzero(s->user, sizeof(s->user));
+	s->have_user = 0;
+}
+
+/* Starts the TLS process: in the pre-auth child through s->stls
+ * (root.c), else here.  Returns R_SENT when it is ready. */
+static int
+stls_start(struct session *s)
+{
+	if (s->stls != NULL)
+		return s->stls(s);
+	if (tls_start(&s->tls, s->cfg, s->in.fd, s->out.fd, s->limit.end,
+	    s->rhost) < 0)
+		return R_SYSTEMP;
+	return R_SENT;
+}
+
+/* STLS (RFC 2595): +OK in clear, then the handshake; AUTHORIZATION goes on
+ * inside TLS. */
+static int
+cmd_stls(struct session *s, char *arg)
+{
+	int r;
+
+	(void)arg;
+	if (s->cfg->tls_cert == NULL || s->cfg->tls_implicit)
+		return s->tls.active ? R_TLSACTIVE : R_NOTLS;
+	if (s->tls.active)
+		return R_TLSACTIVE;
+	if ((r = stls_start(s)) != R_SENT)
+		return r;
+	reply_ok(s, "Begin TLS negotiation.");
+	if (out_flush(&s->out) < 0) {
+		s->done = 1;
+		s->how = s->out.timedout ? END_TIMEOUT : END_DISCONNECT;
+		return R_CLOSE;
+	}
+	session_use_tls(s);
+	return R_SENT;
+}
+
 static int
 cmd_user(struct session *s, char *arg)
 {
+	if (plaintext_refused(s))
+		return R_NEEDTLS;
 	if (arg == NULL || arg[0] == '\0')
 		return R_NOUSER;
 	/* Any name is taken here; PASS answers the same for all. */
@@ -250,6 +317,8 @@ cmd_pass(struct session *s, char *arg)
 	char none[1] = "";
 	int r;
 
+	if (plaintext_refused(s))
+		return R_NEEDTLS;
 	if (!s->have_user)
 		return R_NOUSER;
 	r = login(s, s->have_user > 0 ? s->user : "", arg ? arg : none);
@@ -333,6 +402,8 @@ cmd_auth(struct session *s, char *arg)
 	char line[POP3D_SASL_LINE_MAX + 1], *ir = NULL, *sp, none[1] = "";
 	int r;
 
+	if (plaintext_refused(s))
+		return R_NEEDTLS;
 	if (arg == NULL) {
 		reply_ok(s, "%s", "");
 		out_str(&s->out, "PLAIN\r\n.\r\n");
@@ -547,10 +618,20 @@ cmd_quit(struct session *s, char *arg)
 static int
 cmd_capa(struct session *s, char *arg)
 {
+	int logins = !plaintext_refused(s);
+
 	(void)arg;
 	reply_ok(s, "Capability list follows");
-	out_str(&s->out, "TOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n"
-	    "AUTH-RESP-CODE\r\nPIPELINING\r\nEXPIRE NEVER\r\nSASL PLAIN\r\n");
+	out_str(&s->out, "TOP\r\nUIDL\r\n");
+	if (logins)
+		out_str(&s->out, "USER\r\n");
+	out_str(&s->out, "RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n"
+	    "EXPIRE NEVER\r\n");
+	if (logins)
+		out_str(&s->out, "SASL PLAIN\r\n");
+	/* RFC 2595: offered on a plain connection only, before login */
+	if (s->cfg->tls_cert != NULL && !s->tls.active && s->state == ST_AUTH)
+		out_str(&s->out, "STLS\r\n");
 	if (s->state == ST_TRANS)
 		out_str(&s->out, "IMPLEMENTATION pop3d " POP3D_VERSION "\r\n");
 	out_str(&s->out, ".\r\n");
@@ -570,6 +651,7 @@ static const struct command {
 	{ "USER", cmd_user, ST_AUTH,		A_NEED },
 	{ "PASS", cmd_pass, ST_AUTH,		0 },
 	{ "AUTH", cmd_auth, ST_AUTH,		0 },
+	{ "STLS", cmd_stls, ST_AUTH,		A_NONE },
 	{ "CAPA", cmd_capa, ST_AUTH | ST_TRANS,	A_NONE },
 	{ "QUIT", cmd_quit, ST_AUTH | ST_TRANS,	A_NONE },
 	{ "STAT", cmd_stat, ST_TRANS,		A_NONE },
@@ -678,7 +760,8 @@ static const char *const end_names[] = {
 	[END_BAD_COMMANDS] = "bad commands", [END_NONE] = "disconnect"
 };
 
-/* Logs the session summary line. */
+/* Logs the session summary line; with TLS, after tls_finish(), its
+ * version and cipher (or how the handshake ended). */
 void
 session_log_summary(const struct session *s)
 {
@@ -689,8 +772,8 @@ session_log_summary(const struct session *s)
 	if (s->mb != NULL)
 		mailbox_stat(s->mb, &n, &octets);
 	logmsg(LOG_INFO, "session end: user=%s retr=%u/%llu del=%u/%llu "
-	    "left=%u/%llu %s", log_user(s, ubuf, sizeof(ubuf)),
+	    "left=%u/%llu %s%s%s", log_user(s, ubuf, sizeof(ubuf)),
 	    s->retr_n, (unsigned long long)s->retr_bytes, s->del_n,
 	    (unsigned long long)s->del_bytes, n, (unsigned long long)octets,
-	    end_names[s->how]);
+	    end_names[s->how], s->tls.info[0] ? " tls=" : "", s->tls.info);
 }

@@ -11,6 +11,7 @@
 #include "outcome.h"
 #include "pop3d.h"
 #include "state.h"
+#include "tls.h"
 
 enum { ST_AUTH = 1, ST_TRANS = 2 };
 
@@ -33,6 +34,10 @@ struct session {
 	/* the pre-auth child's login (root.c): to the parent; NULL: here */
 	int			(*login)(struct session *, const char *user,
 				    char *pass);
+	/* the pre-auth child's STLS (root.c): the parent starts the TLS
+	 * process; NULL: here.  Returns R_SENT when it is ready. */
+	int			(*stls)(struct session *);
+	struct tls		 tls;
 	int			 fails, bad;
 	int			 done;		/* QUIT or a fatal reply */
 	int			 how;		/* END_: how it ended, for the log */
@@ -51,6 +56,7 @@ void	session_limit(struct session *s, int64_t connected);
 int	session_start(struct session *s);
 int	session_check_login(struct session *s, const char *user, char *pass);
 void	session_error(struct session *s, int r);
+void	session_use_tls(struct session *s);
 void	session_loop(struct session *s);
 void	session_log_summary(const struct session *s);
 

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="gcc make procmail libc6-dev libpam0g-dev libpam-modules libpam-runtime \
 libcrypt-dev liblockfile-dev liblockfile-bin libmd-dev libxxhash-dev libpam-wrapper \
-socat python3 curl passwd login util-linux xinetd \
+socat python3 curl openssl passwd login util-linux xinetd stunnel4 \
 fetchmail mpop getmail6 mandoc systemd dpkg libevent-2.1-7 libbsd0 libwrap0 \
 valgrind cppcheck clang-tidy \
 debhelper dpkg-dev lintian blhc adduser \

@@ -6,10 +6,14 @@
 # byte-identical after its own documented changes (CRLF to LF, the
 # Received or Return-Path header it adds), deletions must happen after
 # QUIT only, and UIDL-tracking clients must fetch only new mail on their
-# second run.  Plaintext USER/PASS: pop3d has no TLS yet.
+# second run.  Here pop3d has no TLS options, so the clients log in with
+# plaintext USER/PASS (their TLS turned off): what a site still does on a
+# trusted network or 127.0.0.1.  tests/suites/tls_clients.py runs the same
+# cases over STLS and implicit TLS, with the clients' TLS settings.
 #
-# The launcher helpers (start_xinetd, start_socket_activate) are used by
-# tests/suites/deploy.py too.
+# The launcher helpers (start_xinetd, start_socket_activate) and the cases
+# are used by tests/suites/deploy.py and tls_clients.py too; a case takes
+# the client's connection settings from env (see PLAIN).
 import base64
 import os
 import poplib
@@ -368,9 +372,26 @@ def append_new(h, mbox, nmsgs):
 
 # ------------------------------------------------------------------- cases
 
+# How each client connects, when env does not say otherwise: plaintext.
+# pop3: a connected poplib object; curl: URL scheme and options;
+# fetchmail: the host it polls and its TLS keywords; mpop: its TLS and auth commands; getmail:
+# the retriever type and its extra lines.
+PLAIN = {
+    "pop3": lambda h, port: poplib.POP3("127.0.0.1", port, timeout=h.TIMEOUT),
+    "curl": ("pop3", []),
+    "fetchmail": ("127.0.0.1", "sslproto ''"),
+    "mpop": "tls off\nauth user\n",
+    "getmail": ("SimplePOP3Retriever", ""),
+}
+
+
+def how(env, client):
+    return env.get(client, PLAIN[client])
+
+
 def case_poplib(h, env):
     launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
-    c = poplib.POP3("127.0.0.1", launcher.port, timeout=h.TIMEOUT)
+    c = how(env, "pop3")(h, launcher.port)
     c.user(h.ENV.vuser)
     c.pass_(h.ENV.vpw)
     n, size = c.stat()
@@ -400,7 +421,7 @@ def case_poplib(h, env):
     c.sock.close()
     h.wait_sessions_end(launcher.case, "after a dropped connection")
     expect_mbox(h, mbox, mbox_of(msgs), "after DELE and a dropped connection")
-    c = poplib.POP3("127.0.0.1", launcher.port, timeout=h.TIMEOUT)
+    c = how(env, "pop3")(h, launcher.port)
     c.user(h.ENV.vuser)
     c.pass_(h.ENV.vpw)
     if [l.split()[1] for l in c.uidl()[1]] != uidl:
@@ -417,8 +438,9 @@ def case_poplib(h, env):
 
 def case_curl(h, env):
     launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
-    url = "pop3://127.0.0.1:%d/" % launcher.port
-    base = ["curl", "-sS", "--max-time", "30", "-u", "%s:%s" % (h.ENV.vuser, h.ENV.vpw)]
+    scheme, tls = how(env, "curl")
+    url = "%s://127.0.0.1:%d/" % (scheme, launcher.port)
+    base = ["curl", "-sS", "--max-time", "30", "-u", "%s:%s" % (h.ENV.vuser, h.ENV.vpw)] + tls
 
     def curl(*args):
         p = subprocess.run(base + list(args), capture_output=True, timeout=60)
@@ -446,25 +468,26 @@ def case_curl(h, env):
 def case_fetchmail(h, env, keep):
     launcher, mbox, msgs = env["launcher"], env["mbox"], env["msgs"]
     cl = Client(h, env["case"], "fetchmail")
+    host, tls = how(env, "fetchmail")
     out = cl.mkdir("out")
     # The MDA writes each message to a file of its own; "no rewrite" keeps
     # the addresses as sent; fetchmail adds one Received header (and makes
     # line ends LF for an MDA: stripcr is the default then).
     rc = cl.write("fetchmailrc",
                   "set no syslog\n"
-                  "poll 127.0.0.1 service %d protocol pop3 uidl auth password timeout 30\n"
+                  "poll %s service %d protocol pop3 uidl auth password timeout 30\n"
                   "  user \"%s\" there with password \"%s\" is \"%s\" here\n"
-                  "  %s no rewrite sslproto ''\n"
+                  "  %s no rewrite %s\n"
                   "  mda \"sh -c 'cat > %s/m.$$'\"\n"
-                  % (launcher.port, h.ENV.vuser, h.ENV.vpw,
+                  % (host, launcher.port, h.ENV.vuser, h.ENV.vpw,
                      cl.user.pw_name if cl.user else os.environ.get("USER", "nobody"),
-                     "keep" if keep else "no keep", out))
+                     "keep" if keep else "no keep", tls, out))
 
     def run():
         p = cl.run(["fetchmail", "-f", rc, "-i", cl.path("fetchids")])
         if p.returncode not in (0, 1):      # 1: no mail
             raise Fail("fetchmail exit %d: %r" % (p.returncode, p.stderr[-300:]))
-        return [strip_header(t, b"Received: from 127.0.0.1") for t in cl.files(out)]
+        return [strip_header(t, b"Received: from " + host.encode()) for t in cl.files(out)]
     err = compare(run(), [as_seen(m) for m in msgs], "first run")
     if err:
         raise Fail(err)
@@ -508,10 +531,11 @@ def case_mpop(h, env):
         cl.mkdir("Maildir", d)
     # received_header off: mpop adds nothing, maildir files have LF ends.
     rc = cl.write("mpoprc",
-                  "account default\nhost 127.0.0.1\nport %d\ntls off\nauth user\n"
+                  "account default\nhost 127.0.0.1\nport %d\n%s"
                   "user %s\npassword %s\ndelivery maildir %s\nuidls_file %s\n"
                   "received_header off\nkeep on\ntimeout 30\n"
-                  % (launcher.port, h.ENV.vuser, h.ENV.vpw, md, cl.path("uidls")))
+                  % (launcher.port, how(env, "mpop"), h.ENV.vuser, h.ENV.vpw, md,
+                     cl.path("uidls")))
 
     def run(*extra):
         p = cl.run(["mpop", "-C", rc, "-q"] + list(extra))
@@ -531,13 +555,14 @@ def case_getmail(h, env):
     # getmail adds Return-Path (from the envelope it does not know: a
     # POP3 server gives none) and re-folds long header lines (Python's
     # email package); delivered_to and received are turned off.
+    retriever, tls = how(env, "getmail")
     rc = cl.write("getmailrc",
-                  "[retriever]\ntype = SimplePOP3Retriever\nserver = 127.0.0.1\n"
+                  "[retriever]\ntype = %s\nserver = 127.0.0.1\n%s"
                   "port = %d\nusername = %s\npassword = %s\ntimeout = 30\n\n"
                   "[destination]\ntype = Maildir\npath = %s/\n\n"
                   "[options]\nread_all = false\ndelete = false\ndelivered_to = false\n"
                   "received = false\nverbose = 0\nmessage_log_syslog = false\n"
-                  % (launcher.port, h.ENV.vuser, h.ENV.vpw, md))
+                  % (retriever, tls, launcher.port, h.ENV.vuser, h.ENV.vpw, md))
 
     def run(*extra):
         p = cl.run(["getmail", "--rcfile=" + rc, "--getmaildir=" + cl.dir] + list(extra))

@@ -1,9 +1,11 @@
 # tests/suites/deploy.py: what an administrator installs, tested with the
-# real programs: the shipped xinetd.d/pop3d (xinetd), the inetd.conf line
-# of the man page (openbsd-inetd), the systemd units (systemd-analyze
-# verify; sessions through systemd-socket-activate running the unit's
-# ExecStart), the man page (mandoc -Tlint), a staged `make install`, and
-# what pop3d sends to syslog (a private /dev/log in a mount namespace).
+# real programs: the shipped xinetd.d/pop3d and xinetd.d/pop3s (xinetd),
+# the inetd.conf line of the man page (openbsd-inetd), the systemd units
+# for port 110 and for port 995 (systemd-analyze verify; sessions through
+# systemd-socket-activate running the unit's ExecStart), the man page
+# (mandoc -Tlint), a staged `make install`, and what pop3d sends to syslog
+# (a private /dev/log in a mount namespace).  The pop3s files run an
+# implicit-TLS session with a throwaway certificate (tls_clients.py).
 import glob
 import importlib.util
 import os
@@ -12,6 +14,7 @@ import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -22,6 +25,10 @@ _spec = importlib.util.spec_from_file_location("suite_clients_helpers",
 C = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(C)
 Fail = C.Fail
+_spec = importlib.util.spec_from_file_location("suite_tls_clients_helpers",
+                                               os.path.join(HERE, "tls_clients.py"))
+T = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(T)
 
 # Where tests/deps.sh keeps the openbsd-inetd package: it conflicts with
 # xinetd (both provide inet-superserver), so it is not installed; the test
@@ -44,9 +51,14 @@ def seed_case(h):
     return case, p
 
 
-def seed_session(h, port, mbox):
-    """poplib: STAT, RETR 2, DELE 1, QUIT; the maildrop loses message 1."""
-    c = poplib.POP3("127.0.0.1", port, timeout=h.TIMEOUT)
+def seed_session(h, port, mbox, ca=None):
+    """poplib: STAT, RETR 2, DELE 1, QUIT; the maildrop loses message 1.
+    With ca (a CA file), over implicit TLS, the certificate verified."""
+    if ca:
+        c = poplib.POP3_SSL("127.0.0.1", port, timeout=h.TIMEOUT,
+                            context=ssl.create_default_context(cafile=ca))
+    else:
+        c = poplib.POP3("127.0.0.1", port, timeout=h.TIMEOUT)
     if c.getwelcome() != b"+OK pop3d ready.":
         raise Fail("greeting %r" % c.getwelcome())
     c.user(h.ENV.vuser)
@@ -84,9 +96,27 @@ def xinetd_file(h):
             r"(?m)^\s*per_source\s*=\s*\d+\s*$",
             r"(?m)^#\s*server_args\s*=\s*--mailbox /var/mail/%u",
             r"(?m)^\s*server\s*=\s*/usr/local/sbin/pop3d\s*$"]
+    need.append(r"(?m)^#\s*server_args\s*=\s*--tls-cert \S+ --tls-key \S+\s*$")
     missing = [p for p in need if not re.search(p, conf)]
     if missing:
         raise Fail("xinetd.d/pop3d lacks %s" % missing)
+
+
+def xinetd_pop3s_file(h):
+    """The shipped pop3s file: the pop3 file's settings on port 995, with
+    the implicit-TLS options and admin-style certificate paths."""
+    conf = read(h, "xinetd.d", "pop3s")
+    need = [r"(?m)^service pop3s$", r"(?m)^\s*disable\s*=\s*yes\s*$",
+            r"(?m)^\s*port\s*=\s*995\s*$",
+            r"(?m)^\s*socket_type\s*=\s*stream\s*$", r"(?m)^\s*wait\s*=\s*no\s*$",
+            r"(?m)^\s*user\s*=\s*root\s*$", r"(?m)^\s*instances\s*=\s*\d+\s*$",
+            r"(?m)^\s*per_source\s*=\s*\d+\s*$",
+            r"(?m)^\s+server_args\s*=\s*--tls-implicit --tls-cert /etc/\S+ "
+            r"--tls-key /etc/\S+\s*$",
+            r"(?m)^\s*server\s*=\s*/usr/local/sbin/pop3d\s*$"]
+    missing = [p for p in need if not re.search(p, conf)]
+    if missing:
+        raise Fail("xinetd.d/pop3s lacks %s" % missing)
 
 
 def xinetd_session(h):
@@ -98,6 +128,24 @@ def xinetd_session(h):
     lau = C.start_xinetd(h, case, C.session_args(h, case, "root"))
     try:
         seed_session(h, lau.port, mbox)
+    finally:
+        lau.stop()
+    san = lau.sanitizer_reports()
+    if san:
+        raise Fail("sanitizer report: " + "; ".join(san))
+
+
+def xinetd_pop3s_session(h):
+    """A session over implicit TLS through the shipped xinetd.d/pop3s."""
+    if not h.ROOT:
+        raise Fail("needs root (xinetd runs pop3d as root)")
+    if not shutil.which("xinetd"):
+        raise Fail("xinetd is not installed")
+    case, mbox = seed_case(h)
+    pki = T.make_pki(h, case)
+    lau = T.start_pop3s_xinetd(h, case, pki, C.session_args(h, case, "root"))
+    try:
+        seed_session(h, lau.port, mbox, pki["ca"])
     finally:
         lau.stop()
     san = lau.sanitizer_reports()
@@ -184,9 +232,14 @@ def unit(h, name):
 
 
 def unit_settings(h):
-    _, sock = unit(h, "pop3d.socket")
-    _, svc = unit(h, "pop3d@.service")
-    want = [(sock, "ListenStream", "110"), (sock, "Accept", "yes"),
+    for name, port in (("pop3d", "110"), ("pop3s", "995")):
+        unit_pair_settings(h, name, port)
+
+
+def unit_pair_settings(h, name, port):
+    _, sock = unit(h, name + ".socket")
+    _, svc = unit(h, name + "@.service")
+    want = [(sock, "ListenStream", port), (sock, "Accept", "yes"),
             (svc, "StandardInput", "socket"), (svc, "StandardError", "journal"),
             (svc, "NoNewPrivileges", "no"), (svc, "ProtectSystem", "strict"),
             (svc, "PrivateTmp", "yes")]
@@ -199,16 +252,16 @@ def unit_settings(h):
         if k in svc and svc[k][-1] not in ("", "no", "root"):
             bad.append("%s=%s takes away what the privilege flow needs" % (k, svc[k][-1]))
     if bad:
-        raise Fail("; ".join(bad))
+        raise Fail("%s: %s" % (name, "; ".join(bad)))
 
 
-def exec_start(h):
+def exec_start(h, name="pop3d@.service"):
     """The service's ExecStart command line as argv (systemd's %% is %),
     the installed path replaced by the binary under test."""
-    _, svc = unit(h, "pop3d@.service")
+    _, svc = unit(h, name)
     lines = [v for v in svc.get("ExecStart", []) if v]
     if not lines:
-        raise Fail("pop3d@.service has no ExecStart")
+        raise Fail("%s has no ExecStart" % name)
     argv = shlex.split(lines[-1].lstrip("-@:+!").replace("%%", "\0"))
     if any("%" in a for a in argv):
         raise Fail("ExecStart uses a specifier the test cannot expand: %s" % lines[-1])
@@ -222,19 +275,22 @@ def systemd_verify(h):
     if not shutil.which("systemd-analyze"):
         raise Fail("systemd-analyze is not installed (package systemd)")
     d = tempfile.mkdtemp(prefix="units.", dir=h.ENV.work)
-    for name in ("pop3d.socket", "pop3d@.service"):
+    for name in ("pop3d.socket", "pop3d@.service", "pop3s.socket", "pop3s@.service"):
         text = read(h, "systemd", name).replace("/usr/local/sbin/pop3d", h.ENV.pop3d)
         with open(os.path.join(d, name), "w") as f:
             f.write(text)
     # An instance name as the socket makes them; verify loads the socket's
     # service too.  Unknown keys and bad values are only warnings: any
     # output fails.
-    p = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                        os.path.join(d, "pop3d.socket"), os.path.join(d, "pop3d@0.service")],
-                       capture_output=True, timeout=60, cwd=d)
-    out = (p.stdout + p.stderr).decode("utf-8", "replace").strip()
-    if p.returncode or out:
-        raise Fail("systemd-analyze verify: exit %d: %s" % (p.returncode, out[:300]))
+    for name in ("pop3d", "pop3s"):
+        p = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                            os.path.join(d, name + ".socket"),
+                            os.path.join(d, name + "@0.service")],
+                           capture_output=True, timeout=60, cwd=d)
+        out = (p.stdout + p.stderr).decode("utf-8", "replace").strip()
+        if p.returncode or out:
+            raise Fail("systemd-analyze verify %s: exit %d: %s"
+                       % (name, p.returncode, out[:300]))
 
 
 def systemd_session(h):
@@ -247,6 +303,29 @@ def systemd_session(h):
     lau = C.start_socket_activate(h, case, argv)
     try:
         seed_session(h, lau.port, mbox)
+    finally:
+        lau.stop()
+    san = lau.sanitizer_reports()
+    if san:
+        raise Fail("sanitizer report: " + "; ".join(san))
+
+
+def systemd_pop3s_session(h):
+    """pop3s@.service's ExecStart (the test's certificate and key in place
+    of the shipped paths) under systemd-socket-activate: a session over
+    implicit TLS."""
+    if not shutil.which("systemd-socket-activate"):
+        raise Fail("systemd-socket-activate is not installed (package systemd)")
+    mode = "root" if h.ROOT else "user"
+    case, mbox = seed_case(h)
+    pki = T.make_pki(h, case)
+    argv = T.tls_args(shlex.join(exec_start(h, "pop3s@.service")), pki, "pop3s@.service")
+    if "--tls-implicit" not in argv:
+        raise Fail("pop3s@.service's ExecStart lacks --tls-implicit")
+    argv += C.session_args(h, case, mode)
+    lau = C.start_socket_activate(h, case, argv)
+    try:
+        seed_session(h, lau.port, mbox, pki["ca"])
     finally:
         lau.stop()
     san = lau.sanitizer_reports()
@@ -273,7 +352,8 @@ def man_lint(h):
     missing = [s for s in SECTIONS if s not in have]
     if missing:
         raise Fail("pop3d.8 lacks the sections %s" % missing)
-    for launcher in ("xinetd", "inetd.conf", "pop3d.socket", "pop3d@.service"):
+    for launcher in ("xinetd", "inetd.conf", "pop3d.socket", "pop3d@.service",
+                     "xinetd.d/pop3s", "pop3s.socket", "pop3s@.service"):
         ex = text[text.index(".Sh EXAMPLES"):]
         ex = ex[:ex.index(".Sh ", 4)] if ".Sh " in ex[4:] else ex
         if launcher not in ex:
@@ -306,6 +386,9 @@ def install_tree(h):
             "usr/share/doc/pop3d/examples/xinetd.d/pop3d": 0o644,
             "usr/share/doc/pop3d/examples/systemd/pop3d.socket": 0o644,
             "usr/share/doc/pop3d/examples/systemd/pop3d@.service": 0o644,
+            "usr/share/doc/pop3d/examples/xinetd.d/pop3s": 0o644,
+            "usr/share/doc/pop3d/examples/systemd/pop3s.socket": 0o644,
+            "usr/share/doc/pop3d/examples/systemd/pop3s@.service": 0o644,
             "etc/pam.d/pop3d": 0o644}
     got = {}
     for root, _, files in os.walk(dest):
@@ -320,7 +403,8 @@ def install_tree(h):
         if "administrator" not in f.read():
             raise Fail("make install overwrote /etc/pam.d/pop3d")
     ex = os.path.join(dest, "usr/share/doc/pop3d/examples")
-    for f in ("xinetd.d/pop3d", "systemd/pop3d@.service"):
+    for f in ("xinetd.d/pop3d", "systemd/pop3d@.service", "xinetd.d/pop3s",
+              "systemd/pop3s@.service"):
         with open(os.path.join(ex, f)) as fh:
             text = fh.read()
         if "/usr/sbin/pop3d" not in text or "/usr/local/sbin" in text:
@@ -442,10 +526,13 @@ def syslog_test(h):
 def tests(h):
     run_case(h, "deploy/xinetd-file", xinetd_file, False)
     run_case(h, "deploy/xinetd-session", xinetd_session)
+    run_case(h, "deploy/xinetd-pop3s-file", xinetd_pop3s_file, False)
+    run_case(h, "deploy/xinetd-pop3s-session", xinetd_pop3s_session)
     run_case(h, "deploy/inetd-openbsd", inetd_session)
     run_case(h, "deploy/systemd-units", unit_settings, False)
     run_case(h, "deploy/systemd-analyze-verify", systemd_verify, False)
     run_case(h, "deploy/systemd-socket-activate", systemd_session)
+    run_case(h, "deploy/systemd-pop3s-socket-activate", systemd_pop3s_session)
     run_case(h, "deploy/man-lint", man_lint, False)
     if not os.environ.get("POP3D"):     # make install takes ./pop3d
         run_case(h, "deploy/install-tree", install_tree, False)
