@@ -37,13 +37,18 @@ tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 
 # Replay builds of the fuzz targets: `make check` runs the corpus through
 # them.  The session target links pop3d.c without main() and a fake login.
-FUZZBINS = tests/fuzz_session tests/fuzz_mbox
+FUZZBINS = tests/fuzz_session tests/fuzz_mbox tests/fuzz_stls
 tests/pop3d-nomain.o: pop3d.c $(HDRS)
 	$(CC) $(ALLCFLAGS) -DPOP3D_NO_MAIN -c -o $@ pop3d.c
-tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.o \
+tests/fuzz_session: tests/fuzz/session.c tests/fuzz/fake_login.h tests/fuzz/replay.h tests/pop3d-nomain.o \
 		$(SESSOBJS) $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/session.c \
 		tests/pop3d-nomain.o $(SESSOBJS) $(UNITOBJS) $(LIBS)
+# The STLS target fakes the TLS process: everything but tls.o.
+tests/fuzz_stls: tests/fuzz/stls.c tests/fuzz/fake_login.h tests/fuzz/replay.h \
+		tests/pop3d-nomain.o $(SESSOBJS) $(UNITOBJS)
+	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/stls.c \
+		tests/pop3d-nomain.o $(filter-out tls.o,$(SESSOBJS)) $(UNITOBJS) $(LIBS)
 tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
 		$(UNITOBJS) $(LIBS)
@@ -54,9 +59,13 @@ FUZZTIME ?= 60
 FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
 	   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 fuzz:
-	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox
+	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox \
+		tests/tmp/fuzz/new-stls
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
 		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) io.c \
+		log.c $(LIBS)
+	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/stls tests/fuzz/stls.c \
+		pop3d.c $(filter-out tls.c,$(SESSOBJS:.o=.c)) $(MBSRCS) io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
 		log.c $(LIBS)
@@ -66,6 +75,9 @@ fuzz:
 	tests/tmp/fuzz/mbox -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-mbox \
 		tests/fuzz/corpus/mbox
+	tests/tmp/fuzz/stls -max_total_time=$(FUZZTIME) -timeout=10 \
+		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-stls \
+		tests/fuzz/corpus/stls
 
 clean:
 	rm -f pop3d *.o tests/*.o tests/unit $(FUZZBINS) $(PLBINS)
