@@ -19,7 +19,7 @@ MBSRCS	 = $(MBOBJS:.o=.c)
 SESSOBJS = session.o root.o priv.o state.o outcome.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h
+	   state.h priv.h root.h journal.h plan.h proxy.h
 
 all: pop3d
 
@@ -30,7 +30,7 @@ pop3d: $(OBJS)
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 # Unit tests link the modules without main() (pop3d.c guards it).
-UNITOBJS = $(MBOBJS) io.o log.o
+UNITOBJS = $(MBOBJS) proxy.o io.o log.o
 tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
 
@@ -193,7 +193,7 @@ mutants:
 #  - bugprone-not-null-terminated-result: auth.c copies the PAM user name
 #    into a zeroed, length-bounded reply record, not a C string.
 #  - bugprone-reserved-identifier, cert-dcl37-c/dcl51-cpp: _GNU_SOURCE.
-SRCS	 = pop3d.c $(SESSOBJS:.o=.c) auth.c $(MBSRCS) io.c log.c
+SRCS	 = pop3d.c $(SESSOBJS:.o=.c) auth.c $(MBSRCS) proxy.c io.c log.c
 analyze:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability \
 		--inline-suppr --suppress=missingIncludeSystem -D__linux__ \
