@@ -16,10 +16,10 @@ LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o outcome.o
-OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o conn.o
+OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) proxy.o io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h proxy.h
+	   state.h priv.h root.h journal.h plan.h proxy.h conn.h
 
 all: pop3d
 
@@ -55,7 +55,7 @@ FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
 fuzz:
 	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
-		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) io.c \
+		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
 		log.c $(LIBS)

@@ -26,10 +26,17 @@ static void __attribute__((format(printf, 2, 0)))
 vlog(int prio, const char *fmt, va_list ap)
 {
 	if (log_debug) {
-		char buf[1024];
+		char buf[1024], line[1100];
+		int n;
 
 		vsnprintf(buf, sizeof(buf), fmt, ap);
-		dprintf(STDERR_FILENO, "pop3d[%ld]: %s\n", (long)getpid(), buf);
+		n = snprintf(line, sizeof(line), "pop3d[%ld]: %s\n",
+		    (long)getpid(), buf);
+		/* one write(): dprintf's stdio needs calls the pre-auth
+		 * child's seccomp filter refuses */
+		if (n > 0)
+			(void)!write(STDERR_FILENO, line, (size_t)n <
+			    sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	} else
 		vsyslog(prio, fmt, ap);
 }

@@ -45,6 +45,8 @@ static const struct {
 			    "try again later.", O_SERVER },
 	[R_TIMEOUT]	= { "Autologout; idle for too long.", O_SERVER },
 	[R_BAD]		= { "Too many bad commands.", O_SERVER },
+	[R_PROXY]	= {
+	    "PROXY header from an address not in --proxy-from.", O_SERVER },
 };
 
 const char *

@@ -5,7 +5,8 @@
  * Root mode: root.c runs the pre-auth child and the parent's login loop,
  * then the session goes on as the user.  User mode: the states in one
  * process, with no privilege changes (session.c).
- * Calls: root.c, session.c, state.c (maildrop_open for --list-uidl),
+ * Calls: root.c, session.c, conn.c (who the client is: the peer or a
+ * trusted proxy's PROXY header), state.c (maildrop_open for --list-uidl),
  * mailbox.c, auth.c (the mailbox template), log.c.
  */
 #include <errno.h>
@@ -37,9 +38,20 @@
 #include <unistd.h>
 #include <md5.h>
 
+#include "conn.h"
 #include "root.h"
 #include "session.h"
 #include "state.h"
+
+/* User mode, from a trusted proxy: its header, read and parsed here (no
+ * privilege to protect).  Returns 0, or -1 when there is no session. */
+static int
+user_proxy(struct session *s)
+{
+	struct proxy_hdr h;
+
+	return conn_proxy_read(s, &h) < 0 ? -1 : conn_proxy_accept(s, &h);
+}
 
 /*
  * Serves one whole session on infd/outfd: root mode with the pre-auth
@@ -56,6 +68,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	memset(s, 0, sizeof(*s));
 	s->cfg = cfg;
 	s->rhost = rhost;
+	s->proxied = conn_trusted(cfg, rhost);
 	s->priv_fd = -1;
 	s->how = END_NONE;
 	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
@@ -63,9 +76,11 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	session_limit(s, io_now());
 	in_init(&s->in, infd, &s->limit);
 	out_init(&s->out, outfd, &s->limit);
-	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
+	conn_start(s);
 	if (cfg->root)
 		status = root_run(s);
+	else if (s->proxied && user_proxy(s) < 0)
+		;	/* no session: logged, answered */
 	else {
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
@@ -149,6 +164,9 @@ usage(int status)
 "  --max-messages N       serve at most the first N messages (default %u)\n"
 "  --max-bytes N          serve at most N octets, whole messages (default 0:\n"
 "                         no limit); the rest waits for a later session\n"
+"  --proxy-from LIST      trusted proxies (addresses, ADDRESS/BITS, comma-\n"
+"                         separated): their connections start with a PROXY\n"
+"                         protocol header naming the client\n"
 "  --list-uidl USER       print the UIDL listing of USER's maildrop, exit\n"
 "  -d, --debug            log to stderr instead of syslog\n"
 "  -V, --version          print the version and exit\n"
@@ -197,6 +215,7 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		{ "uidl-format",  required_argument, NULL, 'X' },
 		{ "max-messages", required_argument, NULL, 'M' },
 		{ "max-bytes",	  required_argument, NULL, 'B' },
+		{ "proxy-from",	  required_argument, NULL, 'p' },
 		{ "list-uidl",	  required_argument, NULL, 'u' },
 		{ "debug",	  no_argument,	     NULL, 'd' },
 		{ "version",	  no_argument,	     NULL, 'V' },
@@ -212,8 +231,10 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		.fail_delay_ms = POP3D_FAIL_DELAY_MS,
 		.uidl_mode = UIDL_DIGEST,
 	};
+	static struct proxy_net nets[POP3D_PROXY_FROM_MAX];
 	unsigned long bytes;
-	int c;
+	const char *why;
+	int c, n;
 
 	*cfg = defaults;
 	*list_user = NULL;
@@ -274,6 +295,15 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 				usage(2);
 			}
 			cfg->max_bytes = bytes;
+			break;
+		case 'p':
+			if ((n = proxy_list_parse(optarg, nets,
+			    POP3D_PROXY_FROM_MAX, &why)) < 0) {
+				fprintf(stderr, "pop3d: --proxy-from: %s\n", why);
+				usage(2);
+			}
+			cfg->proxy_from = nets;
+			cfg->proxy_n = (size_t)n;
 			break;
 		case 'u': *list_user = optarg; break;
 		case 'd': cfg->debug = 1; break;

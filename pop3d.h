@@ -19,6 +19,8 @@ enum uidl_mode {
 	UIDL_XUID	/* X-UID: under X-IMAPbase/X-IMAP (UW, Dovecot) */
 };
 
+struct proxy_net;
+
 struct config {
 	const char	*mailbox;	/* template: %u user, %h home, %% */
 	const char	*passwd_file;	/* virtual users, or NULL */
@@ -36,6 +38,8 @@ struct config {
 	enum uidl_mode	 uidl_mode;
 	const char	*uidl_format;	/* X-UID ids (--uidl-format); NULL:
 					 * POP3D_UIDL_FORMAT */
+	const struct proxy_net *proxy_from;	/* --proxy-from (proxy.h) */
+	size_t		 proxy_n;	/* its entries; 0: no PROXY protocol */
 };
 
 /* pop3d.c */

@@ -175,9 +175,10 @@ log_login(const struct session *s, const char *user, int r)
 	if (r == AUTH_OK)
 		logmsg(LOG_INFO, "login: user=%s%s", ubuf,
 		    s->acct.virtual ? " (virtual)" : "");
-	else
-		logmsg(LOG_NOTICE, "login failed: user=%s%s", ubuf,
-		    r == AUTH_TEMP ? " (temporary failure)" : "");
+	else	/* the client last, for fail2ban (examples/fail2ban) */
+		logmsg(LOG_NOTICE, "login failed: user=%s%s%s%s", ubuf,
+		    r == AUTH_TEMP ? " (temporary failure)" : "",
+		    s->rhost ? " from " : "", s->rhost ? s->from : "");
 }
 
 /*
@@ -557,6 +558,25 @@ cmd_capa(struct session *s, char *arg)
 	return R_SENT;
 }
 
+/*
+ * A PROXY line where no header is expected.  With --proxy-from, only a
+ * misconfigured proxy or a spoofing client sends one from elsewhere:
+ * refused, logged with the real peer, and the session ends.  Without it,
+ * an unknown command like any other.
+ */
+static int
+cmd_proxy(struct session *s, char *arg)
+{
+	(void)arg;
+	if (s->cfg->proxy_n == 0 || s->state != ST_AUTH)
+		return R_UNKNOWN;
+	logmsg(LOG_NOTICE, "refused PROXY header from %s: not in --proxy-from",
+	    s->from);
+	s->done = 1;
+	s->how = END_PROXY;
+	return R_PROXY;
+}
+
 /* Flags of the command table. */
 #define A_NONE	1	/* takes no argument */
 #define A_NEED	2	/* needs an argument */
@@ -580,6 +600,7 @@ static const struct command {
 	{ "DELE", cmd_dele, ST_TRANS,		A_NEED },
 	{ "RSET", cmd_rset, ST_TRANS,		A_NONE },
 	{ "NOOP", cmd_noop, ST_TRANS,		A_NONE },
+	{ "PROXY", cmd_proxy, ST_AUTH | ST_TRANS, 0 },
 };
 
 /*
@@ -675,7 +696,8 @@ static const char *const end_names[] = {
 	[END_ABORTED] = "aborted", [END_QUIT] = "quit",
 	[END_TIMEOUT] = "timeout", [END_DISCONNECT] = "disconnect",
 	[END_AUTH_FAILURES] = "auth failures",
-	[END_BAD_COMMANDS] = "bad commands", [END_NONE] = "disconnect"
+	[END_BAD_COMMANDS] = "bad commands",
+	[END_PROXY] = "PROXY header refused", [END_NONE] = "disconnect"
 };
 
 /* Logs the session summary line. */
@@ -689,8 +711,9 @@ session_log_summary(const struct session *s)
 	if (s->mb != NULL)
 		mailbox_stat(s->mb, &n, &octets);
 	logmsg(LOG_INFO, "session end: user=%s retr=%u/%llu del=%u/%llu "
-	    "left=%u/%llu %s", log_user(s, ubuf, sizeof(ubuf)),
+	    "left=%u/%llu %s%s%s", log_user(s, ubuf, sizeof(ubuf)),
 	    s->retr_n, (unsigned long long)s->retr_bytes, s->del_n,
 	    (unsigned long long)s->del_bytes, n, (unsigned long long)octets,
-	    end_names[s->how]);
+	    end_names[s->how], s->rhost ? " from " : "",
+	    s->rhost ? s->from : "");
 }
