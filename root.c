@@ -170,7 +170,6 @@ child_proxy(struct session *s)
 		_exit(END_PROXY);
 	if (write_full(s->priv_fd, &h, sizeof(h)) < 0)
 		_exit(1);
-	(void)conn_proxy_accept(s, &h);	/* the child's own logs name it too */
 }
 
 /*
