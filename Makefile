@@ -36,7 +36,7 @@ tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 
 # Replay builds of the fuzz targets: `make check` runs the corpus through
 # them.  The session target links pop3d.c without main() and a fake login.
-FUZZBINS = tests/fuzz_session tests/fuzz_mbox
+FUZZBINS = tests/fuzz_session tests/fuzz_mbox tests/fuzz_proxy
 tests/pop3d-nomain.o: pop3d.c $(HDRS)
 	$(CC) $(ALLCFLAGS) -DPOP3D_NO_MAIN -c -o $@ pop3d.c
 tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.o \
@@ -46,6 +46,9 @@ tests/fuzz_session: tests/fuzz/session.c tests/fuzz/replay.h tests/pop3d-nomain.
 tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
 		$(UNITOBJS) $(LIBS)
+tests/fuzz_proxy: tests/fuzz/proxy.c tests/fuzz/replay.h proxy.o io.o log.o
+	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/proxy.c \
+		proxy.o io.o log.o $(LIBS)
 
 # libFuzzer builds (clang), each target run FUZZTIME seconds on its
 # corpus; new inputs land in tests/tmp/fuzz/new-*, crashes in tests/tmp/fuzz.
@@ -53,11 +56,14 @@ FUZZTIME ?= 60
 FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
 	   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 fuzz:
-	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox
+	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox \
+		tests/tmp/fuzz/new-proxy
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
 		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
+		log.c $(LIBS)
+	$(FUZZCC) -o tests/tmp/fuzz/proxy tests/fuzz/proxy.c proxy.c io.c \
 		log.c $(LIBS)
 	tests/tmp/fuzz/session -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-session \
@@ -65,6 +71,9 @@ fuzz:
 	tests/tmp/fuzz/mbox -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-mbox \
 		tests/fuzz/corpus/mbox
+	tests/tmp/fuzz/proxy -max_total_time=$(FUZZTIME) -timeout=10 \
+		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-proxy \
+		tests/fuzz/corpus/proxy
 
 clean:
 	rm -f pop3d *.o tests/*.o tests/unit $(FUZZBINS) $(PLBINS)
