@@ -119,9 +119,15 @@ demo:
 	$(MAKE) pop3d
 	sh tests/demo.sh
 
+# Proxies in front and fail2ban (README, "More than one host").
+PROXYEX	 = haproxy/haproxy.cfg nginx/nginx.conf fail2ban/filter.d/pop3d.conf \
+	   fail2ban/jail.d/pop3d.conf
+
 install: pop3d
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(EXDIR)/pam.d \
 		$(DESTDIR)$(EXDIR)/xinetd.d $(DESTDIR)$(EXDIR)/systemd
+	for f in $(PROXYEX); do install -D -m 0644 examples/$$f \
+		$(DESTDIR)$(EXDIR)/$$f || exit 1; done
 	install -m 0755 pop3d $(DESTDIR)$(SBINDIR)/pop3d
 	if [ -f pop3d.8 ]; then install -d $(DESTDIR)$(MANDIR)/man8 && \
 		install -m 0644 pop3d.8 $(DESTDIR)$(MANDIR)/man8/pop3d.8; fi
@@ -148,6 +154,11 @@ uninstall:
 	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d $(DESTDIR)$(EXDIR)/xinetd.d/pop3d \
 		$(DESTDIR)$(EXDIR)/systemd/pop3d.socket \
 		$(DESTDIR)$(EXDIR)/systemd/pop3d@.service
+	for f in $(PROXYEX); do rm -f $(DESTDIR)$(EXDIR)/$$f; done
+	-rmdir $(DESTDIR)$(EXDIR)/haproxy $(DESTDIR)$(EXDIR)/nginx \
+		$(DESTDIR)$(EXDIR)/fail2ban/filter.d \
+		$(DESTDIR)$(EXDIR)/fail2ban/jail.d $(DESTDIR)$(EXDIR)/fail2ban \
+		2>/dev/null
 	-rmdir $(DESTDIR)$(EXDIR)/pam.d $(DESTDIR)$(EXDIR)/xinetd.d \
 		$(DESTDIR)$(EXDIR)/systemd $(DESTDIR)$(EXDIR) \
 		$(DESTDIR)$(PREFIX)/share/doc/pop3d 2>/dev/null

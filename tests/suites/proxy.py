@@ -144,6 +144,14 @@ class Server:
                 out.append(r)
         return out
 
+    def wait_for(self, fn, what):
+        """Waits until fn(texts) is true (the lines arrive as the sessions
+        log them); returns the texts."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: fn(self.texts()), self.h.EXIT_TIMEOUT):
+                raise Fail("%s: %s never came: %r" % (self.name, what, self.texts()))
+        return self.texts()
+
     def texts(self):
         return [r.group(4).decode("utf-8", "replace") for r in self.mail_lines()]
 
