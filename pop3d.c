@@ -167,6 +167,8 @@ usage(int status)
 "  --proxy-from LIST      trusted proxies (addresses, ADDRESS/BITS, comma-\n"
 "                         separated): their connections start with a PROXY\n"
 "                         protocol header naming the client\n"
+"  --shared-spool         spool and --state-dir are shared by several hosts\n"
+"                         (NFS): state named by the maildrop's inode alone\n"
 "  --list-uidl USER       print the UIDL listing of USER's maildrop, exit\n"
 "  -d, --debug            log to stderr instead of syslog\n"
 "  -V, --version          print the version and exit\n"
@@ -216,6 +218,7 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		{ "max-messages", required_argument, NULL, 'M' },
 		{ "max-bytes",	  required_argument, NULL, 'B' },
 		{ "proxy-from",	  required_argument, NULL, 'p' },
+		{ "shared-spool", no_argument,	     NULL, 'H' },
 		{ "list-uidl",	  required_argument, NULL, 'u' },
 		{ "debug",	  no_argument,	     NULL, 'd' },
 		{ "version",	  no_argument,	     NULL, 'V' },
@@ -305,6 +308,7 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 			cfg->proxy_from = nets;
 			cfg->proxy_n = (size_t)n;
 			break;
+		case 'H': cfg->shared_spool = 1; break;
 		case 'u': *list_user = optarg; break;
 		case 'd': cfg->debug = 1; break;
 		case 'V':

@@ -40,6 +40,8 @@ struct config {
 					 * POP3D_UIDL_FORMAT */
 	const struct proxy_net *proxy_from;	/* --proxy-from (proxy.h) */
 	size_t		 proxy_n;	/* its entries; 0: no PROXY protocol */
+	int		 shared_spool;	/* several hosts share spool and state:
+					 * state named by the inode alone */
 };
 
 /* pop3d.c */
