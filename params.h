@@ -85,35 +85,11 @@
  * then take many chunks and records.) */
 #ifndef MBOX_UPDATE_CHUNK
 #define MBOX_UPDATE_CHUNK	(4U << 20)
-/* PROXY protocol (proxy.c).  Octets of one header at most: v1 lines are at
- * most 107; a v2 header is 16 + an address block (216 for AF_UNIX) + TLVs,
- * which senders keep within one TCP segment (536); HAProxy's SSL, ALPN,
- * AUTHORITY and 128-octet UNIQUE_ID TLVs together stay far below this. */
-#define POP3D_PROXY_MAX		1024
-/* Seconds a trusted proxy has to send its header, within --auth-timeout:
- * it sends it at once on connecting; the spec asks receivers to allow at
- * least 3 s for a TCP retransmit. */
-#define POP3D_PROXY_TIMEOUT	10
-/* Entries of --proxy-from: a few proxies or networks. */
-#define POP3D_PROXY_FROM_MAX	32
-
 #endif
 /* Smallest journal record slot: a recovery that also moves mail delivered
  * after the crash may need bigger records than the interrupted update. */
 #ifndef MBOX_SLOT_MIN
 #define MBOX_SLOT_MIN		(256U << 10)
-/* PROXY protocol (proxy.c).  Octets of one header at most: v1 lines are at
- * most 107; a v2 header is 16 + an address block (216 for AF_UNIX) + TLVs,
- * which senders keep within one TCP segment (536); HAProxy's SSL, ALPN,
- * AUTHORITY and 128-octet UNIQUE_ID TLVs together stay far below this. */
-#define POP3D_PROXY_MAX		1024
-/* Seconds a trusted proxy has to send its header, within --auth-timeout:
- * it sends it at once on connecting; the spec asks receivers to allow at
- * least 3 s for a TCP retransmit. */
-#define POP3D_PROXY_TIMEOUT	10
-/* Entries of --proxy-from: a few proxies or networks. */
-#define POP3D_PROXY_FROM_MAX	32
-
 #endif
 
 /* Defaults that an option can change. */

@@ -37,7 +37,8 @@
 
 #include "session.h"
 
-/* The session's log identity: the login name escaped, or "-". */
+/* The session's log identity: the login name escaped, else the name
+ * given or last tried, or "-". */
 static const char *
 log_user(const struct session *s, char *buf, size_t size)
 {
@@ -46,6 +47,8 @@ log_user(const struct session *s, char *buf, size_t size)
 		    strlen(s->acct.name));
 	if (s->have_user)
 		return log_escape(buf, size, s->user, strlen(s->user));
+	if (s->tried[0] != '\0')
+		return log_escape(buf, size, s->tried, strlen(s->tried));
 	return "-";
 }
 
@@ -198,6 +201,7 @@ session_check_login(struct session *s, const char *user, char *pass)
 	log_login(s, user, r);
 	if (r == AUTH_OK)
 		return r;
+	snprintf(s->tried, sizeof(s->tried), "%s", user);
 	until.tv_sec += s->cfg->fail_delay_ms / 1000;
 	until.tv_nsec += (long)(s->cfg->fail_delay_ms % 1000) * 1000000L;
 	if (until.tv_nsec >= 1000000000L) {

@@ -40,6 +40,8 @@ struct session {
 	int			 how;		/* END_: how it ended, for the log */
 	char			 user[POP3D_USER_MAX + 1];
 	int			 have_user;
+	/* the last name a failed login tried, for the summary line */
+	char			 tried[POP3D_USER_MAX + 1];
 	const char		*rhost;		/* the client's address, or NULL */
 	/* PROXY protocol (conn.c): the peer is in --proxy-from */
 	int			 proxied;

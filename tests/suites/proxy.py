@@ -550,6 +550,14 @@ def check_f2b(text):
     want = {"198.51.100.21": 4, "2001:db8::22": 1, "198.51.100.23": 1, "127.0.0.1": 2}
     if counts != want:
         raise Fail("matched lines by client %r, expected %r" % (counts, want))
+    # the user name is on the lines: each failure's, and the last one tried
+    # on the line of a session ended by failures
+    for pat in (r"login failed: user=safeer from 198\.51\.100\.21 via",
+                r"login failed: user=nobody from 198\.51\.100\.21 via",
+                r"session end: user=nobody .* auth failures from 198\.51\.100\.21 via",
+                r"login failed: user=x from 127\.0\.0\.1$"):
+        if not re.search("(?m)" + pat, sect):
+            raise Fail("no matched line /%s/" % pat)
 
 
 def tests(h):
