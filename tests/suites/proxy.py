@@ -323,7 +323,7 @@ def case_pam_rhost(h):
                 "account required %s passdb=%s\n" % (pam_exec, script, matrix, passdb,
                                                      matrix, passdb))
     env = {k: v for k, v in h.ENV.session_env(pam=True).items()
-           if k.startswith("PAM_") or k == "LD_PRELOAD"}
+           if "WRAPPER" in k or k == "LD_PRELOAD"}
     env["PAM_WRAPPER_SERVICE_DIR"] = pamdir
     srv = Server(h, case, ["--proxy-from", "127.0.0.1"], env=env)
     try:
