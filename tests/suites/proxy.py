@@ -301,6 +301,29 @@ def case_mapped_peer(h):
     expect_lines(texts, [r"connect from %s via (::ffff:)?127\.0\.0\.1" % CLIENT], "syslog")
 
 
+def case_ipv6_peer(h):
+    """A proxy reaching pop3d over IPv6 (::1), trusted through an IPv6
+    prefix, naming an IPv6 client."""
+    if not socket.has_ipv6:
+        raise Fail("no IPv6 here")
+    case = h.ENV.new_case("root")
+    seed(h, case)
+    port = free_port("127.0.0.1")
+    srv = Server(h, case, ["--proxy-from", "10.0.0.0/8,::1/128"], port=port,
+                 listen="[::1]:%d" % port)
+    try:
+        out = talk(h, "::1", port, v1("2001:db8::77", "::1", proto="TCP6") +
+                   login_script(h))
+        texts = srv.wait_ends(1)
+    finally:
+        srv.stop()
+    if out != LOGIN_REPLIES:
+        raise Fail("replies %r" % out)
+    expect_lines(texts, [r"connect from 2001:db8::77 via ::1",
+                         r"login failed: user=%s from 2001:db8::77 via ::1" % re.escape(h.ENV.vuser)],
+                 "syslog")
+
+
 def case_pam_rhost(h):
     """PAM sees the client, not the proxy, as PAM_RHOST (pam_exec records
     it, in front of pam_matrix)."""
@@ -564,7 +587,8 @@ def tests(h):
     cases = [("proxy/v1", case_v1), ("proxy/v1-user-mode", case_v1_user_mode),
              ("proxy/v2-tlvs", case_v2_tlvs), ("proxy/v2-ipv6", case_v2_ipv6),
              ("proxy/v1-mapped-client", case_v1_mapped_client),
-             ("proxy/mapped-peer", case_mapped_peer), ("proxy/pam-rhost", case_pam_rhost),
+             ("proxy/mapped-peer", case_mapped_peer), ("proxy/ipv6-peer", case_ipv6_peer),
+             ("proxy/pam-rhost", case_pam_rhost),
              ("proxy/v2-local", case_local), ("proxy/trusted-no-header", case_no_header),
              ("proxy/trusted-bad-v1", case_bad_v1), ("proxy/trusted-oversize-v2", case_oversize_v2),
              ("proxy/trusted-v1-no-crlf", case_v1_no_crlf),
