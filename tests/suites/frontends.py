@@ -118,16 +118,15 @@ class Backends:
             other = [u for n, u in self.users.items() if n != name][0]
             client = client_of[name]
             frm = r"%s via 127\.0\.0\.1" % re.escape(client)
-            texts = srv.wait_for(lambda t: sum(1 for x in t if re.fullmatch(
-                r"session end: user=%s .* from %s" % (re.escape(user), frm), x)) >= 1,
-                "the session end of %s" % user)
             u = re.escape(user)
+            last = r"session end: user=%s retr=1/501 del=1/501 left=2/1585 quit from %s" % (u, frm)
+            texts = srv.wait_for(lambda t: any(re.fullmatch(last, x) for x in t),
+                                 "the end of %s's session" % user)
             P.expect_lines(texts, [r"connect from " + frm,
                                    r"login failed: user=%s from %s" % (u, frm),
                                    r"connect from " + frm,
                                    r"login: user=%s .*" % u,
-                                   r"session end: user=%s retr=1/501 del=1/501 left=2/1585 quit"
-                                   r" from %s" % (u, frm)], name)
+                                   last], name)
             if any(other in t for t in texts):
                 raise Fail("%s saw %s, who lives on the other backend" % (name, other))
             if any(re.search(r"from 127\.0\.0\.1(?! \(proxy)", t) for t in texts
