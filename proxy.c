@@ -291,18 +291,14 @@ parse_v1(const unsigned char *buf, size_t n, struct proxy_hdr *h,
 	*why = "malformed v1 header";
 	if (memchr(buf, '\0', n) != NULL)
 		return -1;
-	if (n - V1START_LEN == sizeof("UNKNOWN\r\n") - 1 &&
-	    memcmp(p, "UNKNOWN\r\n", n - V1START_LEN) == 0) {
+	/* UNKNOWN: the rest up to the CRLF is the sender's business */
+	if (n >= V1START_LEN + sizeof("UNKNOWN\r\n") - 1 &&
+	    memcmp(p, "UNKNOWN", 7) == 0 && (p[7] == ' ' || p[7] == '\r')) {
 		h->kind = PROXY_UNKNOWN;
 		return 0;
 	}
 	if (v1_field(&p, end, ' ', proto, sizeof(proto)) < 0)
 		return -1;
-	if (strcmp(proto, "UNKNOWN") == 0) {
-		/* the rest up to the CRLF is the sender's business */
-		h->kind = PROXY_UNKNOWN;
-		return 0;
-	}
 	if (strcmp(proto, "TCP4") == 0)
 		family = AF_INET;
 	else if (strcmp(proto, "TCP6") == 0)
@@ -319,7 +315,8 @@ parse_v1(const unsigned char *buf, size_t n, struct proxy_hdr *h,
 		return -1;
 	if (v1_addr(src, family, &h->src) < 0 ||
 	    v1_addr(dst, family, &h->dst) < 0) {
-		*why = "v1 address is not of the announced family";
+		*why = "v1 address is not a canonical address of the "
+		    "announced family";
 		return -1;
 	}
 	if ((sp = decimal(sport, sport + strlen(sport), 65535)) < 0 ||

@@ -2472,6 +2472,8 @@ static const struct parse_case {
 	{ "v1-unknown", "PROXY UNKNOWN\r\n", 0, PROXY_UNKNOWN, NULL, 0 },
 	{ "v1-unknown-rest", "PROXY UNKNOWN ffff::1 ::1 65535 65535\r\n", 0,
 	  PROXY_UNKNOWN, NULL, 0 },
+	{ "v1-unknown-suffix", "PROXY UNKNOWNX\r\n", 0, 0, NULL, 0 },
+	{ "v1-unknown-tab", "PROXY UNKNOWN\tx\r\n", 0, 0, NULL, 0 },
 	{ "v1-leading-zero", "PROXY TCP4 01.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
 	{ "v1-octet-256", "PROXY TCP4 256.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
 	{ "v1-three-octets", "PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },

@@ -423,7 +423,7 @@ def case_no_header(h):
 
 def case_bad_v1(h):
     refused_header(h, b"PROXY TCP4 198.51.100.007 127.0.0.1 1 110\r\nQUIT\r\n",
-                   "v1 address is not of the announced family|malformed v1 header")
+                   "v1 address is not a canonical address of the announced family")
 
 
 def case_oversize_v2(h):
