@@ -8,6 +8,11 @@
  * struct proxy_hdr, and the parent accepts it only after
  * proxy_hdr_check), by the session itself in user mode.  Log lines name
  * the client first and the proxy after it: "198.51.100.7 via 127.0.0.1".
+ * Why the child parses and the parent only checks: a parser bug in the
+ * root parent would be a root compromise; in the confined child it can at
+ * worst name a wrong client, and only on connections from a peer the
+ * parent itself (getpeername) found in --proxy-from.  The parent takes a
+ * fixed-size record, never a string: it formats the address itself.
  *
  * Implicit TLS (issue 9; to be wired when it is merged): the header comes
  * before the TLS handshake, on the raw socket, which the TLS process
