@@ -36,7 +36,8 @@ struct mailbox_opts {
 					 * pseudo-message first: hide it */
 	int		 shared;	/* on storage several hosts share:
 					 * journal and cache name the file
-					 * by its inode alone */
+					 * by its inode alone; dotlocks
+					 * without a PID */
 };
 
 /*

@@ -9,10 +9,13 @@
 #   shared/state-names    with --shared-spool the state files are named by
 #                         the inode alone (a device number differs from
 #                         NFS client to NFS client)
+#   shared/dotlock-foreign-pid  a fresh dotlock with a PID that is not
+#                         running here (another host's) is respected
 #   shared/two-hosts      A holds the maildrop: B gets [IN-USE]; mail is
 #                         delivered; A is SIGKILLed in the middle of its
-#                         UPDATE; B completes A's journal and finds every
-#                         kept message and the new one
+#                         UPDATE; B respects A's dotlock until it is stale
+#                         (aged here), then completes A's journal and finds
+#                         every kept message and the new one
 #   shared/concurrent     both hosts race for the maildrop in rounds while
 #                         mail is delivered: one wins each round, every
 #                         message is retrieved exactly once
@@ -25,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("suite_crash_helpers",
@@ -56,7 +60,7 @@ class Hosts:
         base = os.path.join(self.case, host) if host else self.shared
         return os.path.join(base, "mail", self.h.ENV.vuser)
 
-    def session(self, host, fault=None):
+    def session(self, host, fault=None, extra=()):
         """A session of pop3d on host (over pipes)."""
         h = self.h
         hd = os.path.join(self.case, host)
@@ -65,7 +69,8 @@ class Hosts:
                 h.ENV.pop3d, "--debug", "--shared-spool", "--fail-delay", "10",
                 "--mailbox", os.path.join(hd, "mail", "%u"),
                 "--state-dir", os.path.join(hd, "state"),
-                "--passwd-file", h.ENV.passwd["root"], "--virtual-user", h.ENV.user]
+                "--passwd-file", h.ENV.passwd["root"], "--virtual-user", h.ENV.user] + \
+            list(extra)
         env = h.ENV.session_env(pam=False)
         env["HOST_PRELOAD"] = ""
         if fault:
@@ -173,6 +178,33 @@ def case_state_names(h):
         raise h.Fail("state files %r, expected %r (named by the inode alone)" % (names, want))
 
 
+def case_dotlock_foreign_pid(h):
+    """A fresh dotlock holding a PID that does not run here (another
+    host's delivery agent) is held, not stale: pop3d --shared-spool waits
+    for it and answers [SYS/TEMP] after --lock-timeout (liblockfile's
+    PID check is for one host only)."""
+    hs = Hosts(h)
+    seed_mbox(hs)
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1         # not running: checked below
+    if os.path.exists("/proc/%d" % pid):
+        raise h.Fail("pid %d runs here" % pid)
+    with open(hs.mbox() + ".lock", "w") as f:
+        f.write("%d\n" % pid)
+    # the session's user could remove it: only the PID rule can keep it
+    os.chown(hs.mbox() + ".lock", h.ENV.u1.pw_uid, h.ENV.u1.pw_gid)
+    s = hs.session("A", extra=["--lock-timeout", "1"])
+    s.queue(b"USER %s\r\nPASS %s\r\n" % (h.ENV.vuser.encode(), h.ENV.vpw.encode()))
+    s.flush()
+    hs.line(s), hs.line(s)
+    r = hs.line(s)
+    hs.end(s, "A")
+    if r != "-ERR [SYS/TEMP] Mailbox is locked, try again later.":
+        raise h.Fail("login past another host's fresh dotlock: %r" % r)
+    if not os.path.exists(hs.mbox() + ".lock"):
+        raise h.Fail("pop3d removed another host's dotlock")
+
+
 def case_two_hosts(h):
     if not os.path.exists(os.path.join(h.TESTS, "faultinject.so")):
         raise h.Fail("tests/faultinject.so is not built")
@@ -206,7 +238,20 @@ def case_two_hosts(h):
     journals = [f for f in os.listdir(hs.uid_dir()) if f.endswith(".journal")]
     if len(journals) != 1 or os.path.getsize(os.path.join(hs.uid_dir(), journals[0])) == 0:
         raise h.Fail("host A left no journal: %r" % journals)
-    # host B completes it
+    # A died holding the dotlock, which names no PID on shared storage:
+    # B respects it (it cannot tell a dead host's lock from a live one)...
+    lock = hs.mbox() + ".lock"
+    if not os.path.exists(lock):
+        raise h.Fail("host A died in UPDATE without its dotlock held")
+    b = hs.session("B", extra=["--lock-timeout", "1"])
+    r = hs.login(b)
+    hs.end(b, "B")
+    if r != "-ERR [SYS/TEMP] Mailbox is locked, try again later.":
+        raise h.Fail("host B past host A's dotlock: %r" % r)
+    # ...until liblockfile counts it stale, 5 minutes on: age it by 6
+    old = time.time() - 360
+    os.utime(lock, (old, old))
+    # host B completes A's journal
     kept = [m for i, m in enumerate(msgs, 1) if i not in dele]
     want = h.model_messages(b"".join(kept) + CR.NEW)
     b = hs.session("B")
@@ -264,6 +309,7 @@ def case_concurrent(h):
 def tests(h):
     for name, fn in (("shared/lock-is-fcntl", case_lock_is_fcntl),
                      ("shared/state-names", case_state_names),
+                     ("shared/dotlock-foreign-pid", case_dotlock_foreign_pid),
                      ("shared/two-hosts", case_two_hosts),
                      ("shared/concurrent", case_concurrent)):
         if not h.wanted(name):
