@@ -48,7 +48,13 @@ conn_start(struct session *s)
 {
 	snprintf(s->from, sizeof(s->from), "%s", s->rhost ? s->rhost : "local");
 	if (!s->proxied)
-		logmsg(LOG_INFO, "connect from %s", s->from);
+		conn_log(s);
+}
+
+void
+conn_log(const struct session *s)
+{
+	logmsg(LOG_INFO, "connect from %s", s->from);
 }
 
 /* Why proxy_read failed, for the log. */
@@ -109,6 +115,5 @@ conn_proxy_accept(struct session *s, const struct proxy_hdr *h)
 		 * cannot attribute: the peer is all we know */
 		snprintf(s->from, sizeof(s->from), "%s (proxy %s)", proxy,
 		    h->kind == PROXY_LOCAL ? "LOCAL" : "UNKNOWN");
-	logmsg(LOG_INFO, "connect from %s", s->from);
 	return 0;
 }

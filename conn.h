@@ -13,6 +13,8 @@ int	conn_trusted(const struct config *cfg, const char *rhost);
 /* At the connect: the client is the peer (s->from); logs the connect
  * line unless the peer is a proxy, whose header conn_proxy_accept takes. */
 void	conn_start(struct session *s);
+/* Logs the connect line: "connect from CLIENT[ via PROXY]". */
+void	conn_log(const struct session *s);
 /*
  * Proxied, before anything else reads the input: reads the header from
  * the connection within POP3D_PROXY_TIMEOUT (and --auth-timeout) and
@@ -23,8 +25,8 @@ int	conn_proxy_read(struct session *s, struct proxy_hdr *h);
 /*
  * Proxied: takes a parsed header (from this process, or the pre-auth
  * child's record): the client's address becomes s->rhost, s->from names
- * client and proxy; logs the connect line.  Returns 0, or -1 when h is
- * not a record proxy_parse could have made.
+ * client and proxy.  Returns 0, or -1 when h is not a record proxy_parse
+ * could have made.
  */
 int	conn_proxy_accept(struct session *s, const struct proxy_hdr *h);
 

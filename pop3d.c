@@ -50,7 +50,10 @@ user_proxy(struct session *s)
 {
 	struct proxy_hdr h;
 
-	return conn_proxy_read(s, &h) < 0 ? -1 : conn_proxy_accept(s, &h);
+	if (conn_proxy_read(s, &h) < 0 || conn_proxy_accept(s, &h) < 0)
+		return -1;
+	conn_log(s);
+	return 0;
 }
 
 /*

@@ -170,6 +170,9 @@ child_proxy(struct session *s)
 		_exit(END_PROXY);
 	if (write_full(s->priv_fd, &h, sizeof(h)) < 0)
 		_exit(1);
+	/* the child's own log lines name the client too (a PROXY line from
+	 * the client must not get the proxy banned) */
+	(void)conn_proxy_accept(s, &h);
 }
 
 /*
@@ -187,6 +190,7 @@ parent_proxy(struct session *s, int fd)
 		return errno == ETIMEDOUT ? -1 : 0;
 	if (conn_proxy_accept(s, &h) < 0)
 		fatalx("bad PROXY record from the pre-auth child");
+	conn_log(s);
 	return 1;
 }
 

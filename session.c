@@ -564,9 +564,10 @@ cmd_capa(struct session *s, char *arg)
 
 /*
  * A PROXY line where no header is expected.  With --proxy-from, only a
- * misconfigured proxy or a spoofing client sends one from elsewhere:
- * refused, logged with the real peer, and the session ends.  Without it,
- * an unknown command like any other.
+ * misconfigured proxy or a spoofing client sends one: from a peer not in
+ * the list, or from the client behind a trusted proxy after its header.
+ * Refused, logged with that client (never the proxy), and the session
+ * ends.  Without --proxy-from, an unknown command like any other.
  */
 static int
 cmd_proxy(struct session *s, char *arg)
@@ -574,8 +575,9 @@ cmd_proxy(struct session *s, char *arg)
 	(void)arg;
 	if (s->cfg->proxy_n == 0 || s->state != ST_AUTH)
 		return R_UNKNOWN;
-	logmsg(LOG_NOTICE, "refused PROXY header from %s: not in --proxy-from",
-	    s->from);
+	logmsg(LOG_NOTICE, "refused PROXY header from %s: %s", s->from,
+	    s->proxied ? "a second one, from the client" :
+	    "not in --proxy-from");
 	s->done = 1;
 	s->how = END_PROXY;
 	return R_PROXY;

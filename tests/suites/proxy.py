@@ -470,6 +470,30 @@ def case_untrusted(h):
         raise Fail("the untrusted header's address reached the log: %r" % texts)
 
 
+def case_client_sends_proxy(h):
+    """Behind a trusted proxy the client itself sends a PROXY line (a
+    spoofing attempt through HAProxy): refused, and logged with that
+    client, never the proxy, which fail2ban must not ban."""
+    case = h.ENV.new_case("root")
+    srv = Server(h, case, ["--proxy-from", "127.0.0.1"])
+    try:
+        out = talk(h, "127.0.0.1", srv.port, v1("198.51.100.24") + v1("203.0.113.5") +
+                   b"USER x\r\n")
+        texts = srv.wait_ends(1)
+    finally:
+        srv.stop()
+    if out != (b"+OK pop3d ready.\r\n"
+               b"-ERR PROXY header from an address not in --proxy-from.\r\n"):
+        raise Fail("replies %r" % out)
+    expect_lines(texts, [r"connect from 198\.51\.100\.24 via 127\.0\.0\.1",
+                         r"refused PROXY header from 198\.51\.100\.24 via 127\.0\.0\.1: "
+                         r"a second one, from the client",
+                         r"session end: user=- .* PROXY header refused from 198\.51\.100\.24 "
+                         r"via 127\.0\.0\.1"], "syslog")
+    if any("203.0.113.5" in t for t in texts):
+        raise Fail("the second header's address reached the log: %r" % texts)
+
+
 def case_without_option(h):
     """Without --proxy-from a PROXY line is an unknown command."""
     case = h.ENV.new_case("root")
@@ -502,8 +526,9 @@ def case_fail2ban(h):
     """examples/fail2ban/filter.d/pop3d.conf, run by fail2ban-regex over the
     syslog lines of: a proxied client failing three logins (3 failures and
     the session end), one sending 20 bad commands (the session end), a
-    direct client failing once, a spoofed PROXY line; and a good login,
-    a LOCAL check and a bad header from the proxy, which must not match."""
+    direct client failing once, a spoofed PROXY line from an untrusted
+    peer and one from a client behind the proxy; and a good login, a LOCAL
+    check and a bad header from the proxy, which must not match."""
     f2b = shutil.which("fail2ban-regex")
     if not f2b:
         raise Fail("fail2ban-regex is not installed (package fail2ban; tests/deps.sh)")
@@ -519,9 +544,10 @@ def case_fail2ban(h):
         talk(h, "127.0.0.1", srv.port, v1("198.51.100.23") + login_script(h))
         talk(h, "127.0.0.1", srv.port, V2SIG + b"\x20\x00\x00\x00QUIT\r\n")
         talk(h, "127.0.0.1", srv.port, b"GARBAGE\r\n")
+        talk(h, "127.0.0.1", srv.port, v1("198.51.100.24") + v1("203.0.113.5"))
         talk(h, "127.0.0.1", other.port, b"USER x\r\nPASS y\r\nQUIT\r\n")
         talk(h, "127.0.0.1", other.port, v1("203.0.113.9") + b"QUIT\r\n")
-        srv.wait_ends(5)
+        srv.wait_ends(6)
         other.wait_ends(2)
     finally:
         srv.stop()
@@ -548,17 +574,17 @@ def case_fail2ban(h):
 
 
 def check_f2b(text):
-    """fail2ban-regex -v lists each failregex with its hits and, under
-    'Lines:', the matched lines with the host it took; the expected
-    counts: 4 for .21 (3 failures + the session end), 1 for 2001:db8::22
-    (bad commands), 1 for .23 (one failure), 2 for 127.0.0.1 direct (the
-    failed login and the spoofed PROXY line); none for the proxy's own
+    """fail2ban-regex --print-all-matched lists the matched lines; the
+    expected counts by client: 4 for .21 (3 failures + the session end), 1
+    for 2001:db8::22 (bad commands), 1 for .23 (one failure), 2 for
+    127.0.0.1 direct (the failed login and the spoofed PROXY line), 1 for
+    .24 (its PROXY line through the proxy); none for the proxy's own
     lines."""
     m = re.search(r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", text)
     if not m:
         raise Fail("no summary in the fail2ban-regex output: %s" % text[-400:])
-    if int(m.group(3)) != 8:
-        raise Fail("%s lines matched, expected 8: %s" % (m.group(3), text[-1500:]))
+    if int(m.group(3)) != 9:
+        raise Fail("%s lines matched, expected 9: %s" % (m.group(3), text[-1500:]))
     sect = text[text.index("|- Matched line(s):"):text.index("|- Missed line(s):")] \
         if "|- Missed line(s):" in text else text
     counts = {}
@@ -566,11 +592,13 @@ def check_f2b(text):
         if "pop3d[" not in line:
             continue
         tail = line.split("pop3d[", 1)[1]
-        ip = re.search(r"from (\S+?)(?: via \S+)?$|from (\S+): not in", tail)
+        ip = re.search(r"from (\S+?)(?: via \S+)?$|PROXY header from (\S+?)(?: via \S+)?: ",
+                       tail)
         if ip:
             key = ip.group(1) or ip.group(2)
             counts[key] = counts.get(key, 0) + 1
-    want = {"198.51.100.21": 4, "2001:db8::22": 1, "198.51.100.23": 1, "127.0.0.1": 2}
+    want = {"198.51.100.21": 4, "2001:db8::22": 1, "198.51.100.23": 1, "127.0.0.1": 2,
+            "198.51.100.24": 1}
     if counts != want:
         raise Fail("matched lines by client %r, expected %r" % (counts, want))
     # the user name is on the lines: each failure's, and the last one tried
@@ -595,6 +623,7 @@ def tests(h):
              ("proxy/trusted-cut-header", case_cut_header),
              ("proxy/trusted-timeout", case_header_timeout),
              ("proxy/untrusted-refused", case_untrusted),
+             ("proxy/client-sends-proxy", case_client_sends_proxy),
              ("proxy/without-option", case_without_option),
              ("proxy/option-errors", case_option_errors),
              ("proxy/fail2ban-regex", case_fail2ban)]
