@@ -17,10 +17,10 @@ LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash -lssl -lcrypto
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o
-OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) io.o log.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o conn.o
+OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) proxy.o io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h tls.h
+	   state.h priv.h root.h journal.h plan.h tls.h proxy.h conn.h
 
 all: pop3d
 
@@ -31,13 +31,13 @@ pop3d: $(OBJS)
 	$(CC) $(ALLCFLAGS) -c -o $@ $<
 
 # Unit tests link the modules without main() (pop3d.c guards it).
-UNITOBJS = $(MBOBJS) io.o log.o
+UNITOBJS = $(MBOBJS) proxy.o io.o log.o
 tests/unit: tests/unit.c $(UNITOBJS) $(HDRS)
 	$(CC) $(ALLCFLAGS) -I. $(LDHARDEN) $(LDFLAGS) -o $@ tests/unit.c $(UNITOBJS) $(LIBS)
 
 # Replay builds of the fuzz targets: `make check` runs the corpus through
 # them.  The session target links pop3d.c without main() and a fake login.
-FUZZBINS = tests/fuzz_session tests/fuzz_mbox tests/fuzz_stls
+FUZZBINS = tests/fuzz_session tests/fuzz_mbox tests/fuzz_stls tests/fuzz_proxy
 tests/pop3d-nomain.o: pop3d.c $(HDRS)
 	$(CC) $(ALLCFLAGS) -DPOP3D_NO_MAIN -c -o $@ pop3d.c
 tests/fuzz_session: tests/fuzz/session.c tests/fuzz/fake_login.h tests/fuzz/replay.h tests/pop3d-nomain.o \
@@ -52,6 +52,9 @@ tests/fuzz_stls: tests/fuzz/stls.c tests/fuzz/fake_login.h tests/fuzz/replay.h \
 tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
 		$(UNITOBJS) $(LIBS)
+tests/fuzz_proxy: tests/fuzz/proxy.c tests/fuzz/replay.h proxy.o io.o log.o
+	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/proxy.c \
+		proxy.o io.o log.o $(LIBS)
 
 # libFuzzer builds (clang), each target run FUZZTIME seconds on its
 # corpus; new inputs land in tests/tmp/fuzz/new-*, crashes in tests/tmp/fuzz.
@@ -60,14 +63,17 @@ FUZZCC	 = clang -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -I. \
 	   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 fuzz:
 	@mkdir -p tests/tmp/fuzz/new-session tests/tmp/fuzz/new-mbox \
-		tests/tmp/fuzz/new-stls
+		tests/tmp/fuzz/new-stls \
+		tests/tmp/fuzz/new-proxy
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/session tests/fuzz/session.c \
-		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) io.c \
+		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/stls tests/fuzz/stls.c \
-		pop3d.c $(filter-out tls.c,$(SESSOBJS:.o=.c)) $(MBSRCS) io.c \
+		pop3d.c $(filter-out tls.c,$(SESSOBJS:.o=.c)) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
+		log.c $(LIBS)
+	$(FUZZCC) -o tests/tmp/fuzz/proxy tests/fuzz/proxy.c proxy.c io.c \
 		log.c $(LIBS)
 	tests/tmp/fuzz/session -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-session \
@@ -78,6 +84,9 @@ fuzz:
 	tests/tmp/fuzz/stls -max_total_time=$(FUZZTIME) -timeout=10 \
 		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-stls \
 		tests/fuzz/corpus/stls
+	tests/tmp/fuzz/proxy -max_total_time=$(FUZZTIME) -timeout=10 \
+		-artifact_prefix=tests/tmp/fuzz/ tests/tmp/fuzz/new-proxy \
+		tests/fuzz/corpus/proxy
 
 clean:
 	rm -f pop3d *.o tests/*.o tests/unit $(FUZZBINS) $(PLBINS)
@@ -124,10 +133,15 @@ demo:
 	sh tests/demo.sh
 
 LAUNCHERS = $(wildcard xinetd.d/* systemd/*)
+# Proxies in front and fail2ban (README, "More than one host").
+PROXYEX	 = haproxy/haproxy.cfg nginx/nginx.conf fail2ban/filter.d/pop3d.conf \
+	   fail2ban/jail.d/pop3d.conf
 
 install: pop3d
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(EXDIR)/pam.d \
 		$(DESTDIR)$(EXDIR)/xinetd.d $(DESTDIR)$(EXDIR)/systemd
+	for f in $(PROXYEX); do install -D -m 0644 examples/$$f \
+		$(DESTDIR)$(EXDIR)/$$f || exit 1; done
 	install -m 0755 pop3d $(DESTDIR)$(SBINDIR)/pop3d
 	if [ -f pop3d.8 ]; then install -d $(DESTDIR)$(MANDIR)/man8 && \
 		install -m 0644 pop3d.8 $(DESTDIR)$(MANDIR)/man8/pop3d.8; fi
@@ -158,6 +172,11 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/pop3d $(DESTDIR)$(MANDIR)/man8/pop3d.8
 	rm -f $(DESTDIR)$(EXDIR)/pam.d/pop3d \
 		$(addprefix $(DESTDIR)$(EXDIR)/,$(LAUNCHERS))
+	for f in $(PROXYEX); do rm -f $(DESTDIR)$(EXDIR)/$$f; done
+	-rmdir $(DESTDIR)$(EXDIR)/haproxy $(DESTDIR)$(EXDIR)/nginx \
+		$(DESTDIR)$(EXDIR)/fail2ban/filter.d \
+		$(DESTDIR)$(EXDIR)/fail2ban/jail.d $(DESTDIR)$(EXDIR)/fail2ban \
+		2>/dev/null
 	-rmdir $(DESTDIR)$(EXDIR)/pam.d $(DESTDIR)$(EXDIR)/xinetd.d \
 		$(DESTDIR)$(EXDIR)/systemd $(DESTDIR)$(EXDIR) \
 		$(DESTDIR)$(PREFIX)/share/doc/pop3d 2>/dev/null
@@ -212,7 +231,7 @@ mutants:
 #  - bugprone-not-null-terminated-result: auth.c copies the PAM user name
 #    into a zeroed, length-bounded reply record, not a C string.
 #  - bugprone-reserved-identifier, cert-dcl37-c/dcl51-cpp: _GNU_SOURCE.
-SRCS	 = pop3d.c $(SESSOBJS:.o=.c) auth.c $(MBSRCS) io.c log.c
+SRCS	 = pop3d.c $(SESSOBJS:.o=.c) auth.c $(MBSRCS) proxy.c io.c log.c
 analyze:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability \
 		--inline-suppr --suppress=missingIncludeSystem -D__linux__ \

@@ -92,7 +92,7 @@ cache_write(struct mailbox *mb)
 	h.version = CACHE_VERSION;
 	h.msg_size = sizeof(struct msg);
 	h.mode = (uint64_t)mb->mode;
-	h.dev = (uint64_t)mb->dev;
+	h.dev = mailbox_file_dev(mb, mb->dev);
 	h.ino = (uint64_t)mb->ino;
 	h.size = (uint64_t)mb->size;
 	h.mtime_sec = (uint64_t)mb->mtime.tv_sec;
@@ -202,7 +202,8 @@ cache_load(struct mailbox *mb, const struct stat *st, off_t *resume,
 	    h.version != CACHE_VERSION || h.msg_size != sizeof(struct msg) ||
 	    h.mode != (uint64_t)mb->mode)
 		return "another version or mode";
-	if (h.dev != (uint64_t)st->st_dev || h.ino != (uint64_t)st->st_ino)
+	if (h.dev != mailbox_file_dev(mb, st->st_dev) ||
+	    h.ino != (uint64_t)st->st_ino)
 		return "another file";
 	if (h.size > (uint64_t)st->st_size)
 		return "the file shrank";

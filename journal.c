@@ -208,7 +208,7 @@ journal_begin(struct upd *u)
 	}
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, journal_hdr_magic, sizeof(h.magic));
-	h.dev = (uint64_t)mb->dev;
+	h.dev = mailbox_file_dev(mb, mb->dev);
 	h.ino = (uint64_t)mb->ino;
 	h.old = p->old;
 	h.final = p->final;
@@ -292,7 +292,8 @@ journal_load(struct upd *u, const struct stat *jst, const struct stat *st,
 	    h.tail_len == 0 || h.tail_len > MBOX_TAIL_MAX ||
 	    h.tail_len > h.old - h.final)
 		return "inconsistent header";
-	if (h.dev != (uint64_t)st->st_dev || h.ino != (uint64_t)st->st_ino)
+	if (h.dev != mailbox_file_dev(u->mb, st->st_dev) ||
+	    h.ino != (uint64_t)st->st_ino)
 		return "journal of another file (the mailbox was replaced)";
 	memcpy(u->hsum, h.sum, sizeof(u->hsum));
 	p->tail_len = h.tail_len;

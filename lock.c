@@ -59,7 +59,9 @@ lock_try(struct mailbox *mb)
 		    strerror(errno));
 		return -1;
 	}
-	r = lockfile_create(mb->lockpath, 0, L_PID);
+	/* A PID in a dotlock means something only on the host that wrote
+	 * it: on shared storage liblockfile must judge it by its age */
+	r = lockfile_create(mb->lockpath, 0, mb->shared ? 0 : L_PID);
 	if (r == L_SUCCESS)
 		return 1;
 	lock_fcntl_release(mb);

@@ -242,6 +242,7 @@ mailbox_open_fd(struct mailbox **mbp, const char *path, int fd,
 	mb->journal_fd = o->journal_fd;
 	mb->cache_fd = o->cache_fd;
 	mb->pseudo_ok = o->pseudo_ok;
+	mb->shared = o->shared;
 	mb->path = xstrdup(path);
 	mb->lockpath = xmalloc(len + sizeof(".lock"));
 	memcpy(mb->lockpath, path, len);
@@ -474,4 +475,10 @@ mailbox_update(struct mailbox *mb)
 		cache_after_update(mb);
 	lock_release(mb);
 	return r;
+}
+
+uint64_t
+mailbox_file_dev(const struct mailbox *mb, dev_t dev)
+{
+	return mb->shared ? 0 : (uint64_t)dev;
 }

@@ -34,6 +34,10 @@ struct mailbox_opts {
 	int		 cache_fd;	/* scan cache (a hint), or -1 */
 	int		 pseudo_ok;	/* the state trusts a UW/Dovecot
 					 * pseudo-message first: hide it */
+	int		 shared;	/* on storage several hosts share:
+					 * journal and cache name the file
+					 * by its inode alone; dotlocks
+					 * without a PID */
 };
 
 /*

@@ -57,6 +57,7 @@ struct mailbox {
 	uint32_t	 uidvalidity;	/* from X-IMAPbase:/X-IMAP:, 0: none */
 	uint32_t	 uidlast;	/* the same header's last UID, 0: none */
 	int		 pseudo_ok;	/* a pseudo-message first may be hidden */
+	int		 shared;	/* mailbox_opts.shared */
 	int		 pseudo;	/* hidden pseudo-message at offset 0 */
 	uint64_t	 pseudo_fp;
 	uint32_t	 pseudo_fp_len;
@@ -81,6 +82,10 @@ int	scan_tail(struct mailbox *mb);
 
 /* uidl.c */
 void	uidl_unique(struct mailbox *mb);
+
+/* mailbox.c: the device number that journal and cache record for the
+ * file: 0 on shared storage, where it differs from host to host. */
+uint64_t	mailbox_file_dev(const struct mailbox *mb, dev_t dev);
 
 /* lock.c */
 int	lock_take(struct mailbox *mb);

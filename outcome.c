@@ -49,6 +49,8 @@ static const struct {
 			    "first.", O_CLIENT },
 	[R_NOTLS]	= { "TLS is not available.", O_CLIENT },
 	[R_TLSACTIVE]	= { "TLS is already active.", O_CLIENT },
+	[R_PROXY]	= {
+	    "PROXY header from an address not in --proxy-from.", O_SERVER },
 };
 
 const char *

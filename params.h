@@ -121,4 +121,16 @@
  * journals: on disk, since a journal must outlive a power cut. */
 #define POP3D_STATE_DIR		"/var/lib/pop3d/state"
 
+/* PROXY protocol (proxy.c).  Octets of one header at most: v1 lines are at
+ * most 107; a v2 header is 16 + an address block (216 for AF_UNIX) + TLVs,
+ * which senders keep within one TCP segment (536); HAProxy's SSL, ALPN,
+ * AUTHORITY and 128-octet UNIQUE_ID TLVs together stay far below this. */
+#define POP3D_PROXY_MAX		1024
+/* Seconds a trusted proxy has to send its header, within --auth-timeout:
+ * it sends it at once on connecting; the spec asks receivers to allow at
+ * least 3 s for a TCP retransmit. */
+#define POP3D_PROXY_TIMEOUT	10
+/* Entries of --proxy-from: a few proxies or networks. */
+#define POP3D_PROXY_FROM_MAX	32
+
 #endif

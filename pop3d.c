@@ -6,7 +6,8 @@
  * then the session goes on as the user.  User mode: the states in one
  * process, with no privilege changes (session.c).  With TLS, the TLS
  * process (tls.c) sits between the client and either.
- * Calls: root.c, session.c, tls.c, state.c (maildrop_open for
+ * Calls: root.c, session.c, tls.c, conn.c (who the client is: the peer or
+ * a trusted proxy's PROXY header), state.c (maildrop_open for
  * --list-uidl), mailbox.c, auth.c (the mailbox template), log.c.
  */
 #include <errno.h>
@@ -38,9 +39,23 @@
 #include <unistd.h>
 #include <md5.h>
 
+#include "conn.h"
 #include "root.h"
 #include "session.h"
 #include "state.h"
+
+/* User mode, from a trusted proxy: its header, read and parsed here (no
+ * privilege to protect).  Returns 0, or -1 when there is no session. */
+static int
+user_proxy(struct session *s)
+{
+	struct proxy_hdr h;
+
+	if (conn_proxy_read(s, &h) < 0 || conn_proxy_accept(s, &h) < 0)
+		return -1;
+	conn_log(s);
+	return 0;
+}
 
 /*
  * Serves one whole session on infd/outfd: root mode with the pre-auth
@@ -57,6 +72,7 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	memset(s, 0, sizeof(*s));
 	s->cfg = cfg;
 	s->rhost = rhost;
+	s->proxied = conn_trusted(cfg, rhost);
 	s->priv_fd = -1;
 	s->how = END_NONE;
 	s->st.lock_fd = s->st.journal_fd = s->st.cache_fd = s->st.wait_fd = -1;
@@ -65,17 +81,21 @@ pop3d_session(const struct config *cfg, int infd, int outfd, const char *rhost)
 	session_limit(s, io_now());
 	in_init(&s->in, infd, &s->limit);
 	out_init(&s->out, outfd, &s->limit);
-	logmsg(LOG_INFO, "connect from %s", rhost ? rhost : "local");
+	conn_start(s);
 	if (cfg->root)
 		status = root_run(s);
-	else if (cfg->tls_implicit && tls_start(&s->tls, cfg, infd, outfd,
-	    s->limit.end, rhost) < 0)
+	else if (cfg->tls_implicit && (s->tls.proxy = s->proxied,
+	    tls_start(&s->tls, cfg, infd, outfd, s->limit.end, rhost)) < 0)
 		status = 1;
 	else {
 		if (cfg->tls_implicit)
 			session_use_tls(s);
-		out_str(&s->out, "+OK pop3d ready.\r\n");
-		session_loop(s);
+		/* with implicit TLS the TLS process passes the header on
+		 * ahead of the decrypted stream */
+		if (!s->proxied || user_proxy(s) == 0) {
+			out_str(&s->out, "+OK pop3d ready.\r\n");
+			session_loop(s);
+		}
 	}
 	out_flush(&s->out);
 	tls_finish(&s->tls);	/* the client has all before the summary */
@@ -163,6 +183,11 @@ usage(int status)
 "  --tls-implicit         TLS from the first octet (pop3s, port 995)\n"
 "  --tls-user USER        the TLS process's user in root mode (default %s)\n"
 "  --allow-plaintext-auth with TLS, still allow logins before STLS\n"
+"  --proxy-from LIST      trusted proxies (addresses, ADDRESS/BITS, comma-\n"
+"                         separated): their connections start with a PROXY\n"
+"                         protocol header naming the client\n"
+"  --shared-spool         spool and --state-dir are shared by several hosts\n"
+"                         (NFS): state named by the maildrop's inode alone\n"
 "  --list-uidl USER       print the UIDL listing of USER's maildrop, exit\n"
 "  -d, --debug            log to stderr instead of syslog\n"
 "  -V, --version          print the version and exit\n"
@@ -217,6 +242,8 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		{ "tls-implicit", no_argument,	     NULL, 'I' },
 		{ "tls-user",	  required_argument, NULL, 'T' },
 		{ "allow-plaintext-auth", no_argument, NULL, 'A' },
+		{ "proxy-from",	  required_argument, NULL, 'p' },
+		{ "shared-spool", no_argument,	     NULL, 'H' },
 		{ "list-uidl",	  required_argument, NULL, 'u' },
 		{ "debug",	  no_argument,	     NULL, 'd' },
 		{ "version",	  no_argument,	     NULL, 'V' },
@@ -232,8 +259,10 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		.fail_delay_ms = POP3D_FAIL_DELAY_MS,
 		.uidl_mode = UIDL_DIGEST,
 	};
+	static struct proxy_net nets[POP3D_PROXY_FROM_MAX];
 	unsigned long bytes;
-	int c;
+	const char *why;
+	int c, n;
 
 	*cfg = defaults;
 	*list_user = NULL;
@@ -300,6 +329,16 @@ config_parse(struct config *cfg, const char **list_user, int argc,
 		case 'I': cfg->tls_implicit = 1; break;
 		case 'T': cfg->tls_user = optarg; break;
 		case 'A': cfg->allow_plaintext_auth = 1; break;
+		case 'p':
+			if ((n = proxy_list_parse(optarg, nets,
+			    POP3D_PROXY_FROM_MAX, &why)) < 0) {
+				fprintf(stderr, "pop3d: --proxy-from: %s\n", why);
+				usage(2);
+			}
+			cfg->proxy_from = nets;
+			cfg->proxy_n = (size_t)n;
+			break;
+		case 'H': cfg->shared_spool = 1; break;
 		case 'u': *list_user = optarg; break;
 		case 'd': cfg->debug = 1; break;
 		case 'V':

@@ -19,6 +19,8 @@ enum uidl_mode {
 	UIDL_XUID	/* X-UID: under X-IMAPbase/X-IMAP (UW, Dovecot) */
 };
 
+struct proxy_net;
+
 struct config {
 	const char	*mailbox;	/* template: %u user, %h home, %% */
 	const char	*passwd_file;	/* virtual users, or NULL */
@@ -41,6 +43,10 @@ struct config {
 	const char	*tls_user;	/* the TLS process's user (root mode) */
 	int		 tls_implicit;	/* TLS from the first octet (pop3s) */
 	int		 allow_plaintext_auth;	/* logins before TLS, with TLS */
+	const struct proxy_net *proxy_from;	/* --proxy-from (proxy.h) */
+	size_t		 proxy_n;	/* its entries; 0: no PROXY protocol */
+	int		 shared_spool;	/* several hosts share spool and state:
+					 * state named by the inode alone */
 };
 
 /* pop3d.c */

@@ -4,8 +4,10 @@
  * or its STLS, as one bounded record over a socketpair), the parent's loop
  * that checks those records (and starts the TLS process, tls.c, for
  * STLS or at the connect with --tls-implicit), and the child's exit status
- * that tells how it ended.
- * Calls: session.c (the loop, the login check, session_start), tls.c,
+ * that tells how it ended.  From a trusted proxy the child first reads and
+ * parses the PROXY header and sends the parent the parsed header as its
+ * first record.
+ * Calls: session.c (the loop, the login check, session_start), conn.c, tls.c,
  * priv.c, io.c, log.c.
  */
 #include <errno.h>
@@ -37,6 +39,7 @@
 #include <unistd.h>
 #include <md5.h>
 
+#include "conn.h"
 #include "priv.h"
 #include "root.h"
 #include "session.h"
@@ -254,6 +257,44 @@ root_tls_setup(struct session *s, uid_t child_uid)
 	return 0;
 }
 
+/*
+ * Pre-auth child, from a trusted proxy, before the greeting: the header
+ * read and parsed here, unprivileged; the parent gets the parsed record.
+ * Without a valid header the child ends (logged, answered).
+ */
+static void
+child_proxy(struct session *s)
+{
+	struct proxy_hdr h;
+
+	if (conn_proxy_read(s, &h) < 0)
+		_exit(END_PROXY);
+	if (write_full(s->priv_fd, &h, sizeof(h)) < 0)
+		_exit(1);
+	/* the child's own log lines name the client too (a PROXY line from
+	 * the client must not get the proxy banned) */
+	(void)conn_proxy_accept(s, &h);
+}
+
+/*
+ * Root mode, in the parent: the pre-auth child's PROXY record, checked
+ * before anything of it is used.  Returns 1 (s->rhost is the client), 0
+ * when the child ended without one, -1 when it did not end in time.
+ */
+static int
+parent_proxy(struct session *s, int fd)
+{
+	struct proxy_hdr h;
+	struct io_limit lim;
+
+	if (read_full(fd, &h, sizeof(h), child_limit(s, &lim)) < 0)
+		return errno == ETIMEDOUT ? -1 : 0;
+	if (conn_proxy_accept(s, &h) < 0)
+		fatalx("bad PROXY record from the pre-auth child");
+	conn_log(s);
+	return 1;
+}
+
 /* Root mode: forks the pre-auth child and serves the session after it. */
 int
 root_run(struct session *s)
@@ -278,6 +319,7 @@ root_run(struct session *s)
 		return refuse(s);
 	}
 	if (s->cfg->tls_implicit) {
+		s->tls.proxy = s->proxied;	/* header before the handshake */
 		if (tls_start(&s->tls, s->cfg, s->in.fd, s->out.fd,
 		    s->limit.end, s->rhost) < 0)
 			return 1;
@@ -294,12 +336,16 @@ root_run(struct session *s)
 		s->priv_fd = sv[1];
 		s->login = login_child;
 		s->stls = stls_child;
+		if (s->proxied)
+			child_proxy(s);
 		out_str(&s->out, "+OK pop3d ready.\r\n");
 		session_loop(s);
 		_exit(s->how == END_NONE ? END_ABORTED : s->how);
 	}
 	close(sv[1]);
-	ok = parent_auth(s, sv[0]);
+	ok = s->proxied ? parent_proxy(s, sv[0]) : 1;
+	if (ok > 0)
+		ok = parent_auth(s, sv[0]);
 	close(sv[0]);
 	if (ok < 0) {
 		logmsg(LOG_WARNING, "pre-auth child did not end in time; "

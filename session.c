@@ -37,7 +37,8 @@
 
 #include "session.h"
 
-/* The session's log identity: the login name escaped, or "-". */
+/* The session's log identity: the login name escaped, else the name
+ * given or last tried, or "-". */
 static const char *
 log_user(const struct session *s, char *buf, size_t size)
 {
@@ -46,6 +47,8 @@ log_user(const struct session *s, char *buf, size_t size)
 		    strlen(s->acct.name));
 	if (s->have_user)
 		return log_escape(buf, size, s->user, strlen(s->user));
+	if (s->tried[0] != '\0')
+		return log_escape(buf, size, s->tried, strlen(s->tried));
 	return "-";
 }
 
@@ -175,9 +178,10 @@ log_login(const struct session *s, const char *user, int r)
 	if (r == AUTH_OK)
 		logmsg(LOG_INFO, "login: user=%s%s", ubuf,
 		    s->acct.virtual ? " (virtual)" : "");
-	else
-		logmsg(LOG_NOTICE, "login failed: user=%s%s", ubuf,
-		    r == AUTH_TEMP ? " (temporary failure)" : "");
+	else	/* the client last, for fail2ban (examples/fail2ban) */
+		logmsg(LOG_NOTICE, "login failed: user=%s%s%s%s", ubuf,
+		    r == AUTH_TEMP ? " (temporary failure)" : "",
+		    s->rhost ? " from " : "", s->rhost ? s->from : "");
 }
 
 /*
@@ -197,6 +201,7 @@ session_check_login(struct session *s, const char *user, char *pass)
 	log_login(s, user, r);
 	if (r == AUTH_OK)
 		return r;
+	snprintf(s->tried, sizeof(s->tried), "%s", user);
 	until.tv_sec += s->cfg->fail_delay_ms / 1000;
 	until.tv_nsec += (long)(s->cfg->fail_delay_ms % 1000) * 1000000L;
 	if (until.tv_nsec >= 1000000000L) {
@@ -638,6 +643,27 @@ cmd_capa(struct session *s, char *arg)
 	return R_SENT;
 }
 
+/*
+ * A PROXY line where no header is expected.  With --proxy-from, only a
+ * misconfigured proxy or a spoofing client sends one: from a peer not in
+ * the list, or from the client behind a trusted proxy after its header.
+ * Refused, logged with that client (never the proxy), and the session
+ * ends.  Without --proxy-from, an unknown command like any other.
+ */
+static int
+cmd_proxy(struct session *s, char *arg)
+{
+	(void)arg;
+	if (s->cfg->proxy_n == 0 || s->state != ST_AUTH)
+		return R_UNKNOWN;
+	logmsg(LOG_NOTICE, "refused PROXY header from %s: %s", s->from,
+	    s->proxied ? "a second one, from the client" :
+	    "not in --proxy-from");
+	s->done = 1;
+	s->how = END_PROXY;
+	return R_PROXY;
+}
+
 /* Flags of the command table. */
 #define A_NONE	1	/* takes no argument */
 #define A_NEED	2	/* needs an argument */
@@ -662,6 +688,7 @@ static const struct command {
 	{ "DELE", cmd_dele, ST_TRANS,		A_NEED },
 	{ "RSET", cmd_rset, ST_TRANS,		A_NONE },
 	{ "NOOP", cmd_noop, ST_TRANS,		A_NONE },
+	{ "PROXY", cmd_proxy, ST_AUTH | ST_TRANS, 0 },
 };
 
 /*
@@ -757,7 +784,8 @@ static const char *const end_names[] = {
 	[END_ABORTED] = "aborted", [END_QUIT] = "quit",
 	[END_TIMEOUT] = "timeout", [END_DISCONNECT] = "disconnect",
 	[END_AUTH_FAILURES] = "auth failures",
-	[END_BAD_COMMANDS] = "bad commands", [END_NONE] = "disconnect"
+	[END_BAD_COMMANDS] = "bad commands",
+	[END_PROXY] = "PROXY header refused", [END_NONE] = "disconnect"
 };
 
 /* Logs the session summary line; with TLS, after tls_finish(), its
@@ -772,8 +800,9 @@ session_log_summary(const struct session *s)
 	if (s->mb != NULL)
 		mailbox_stat(s->mb, &n, &octets);
 	logmsg(LOG_INFO, "session end: user=%s retr=%u/%llu del=%u/%llu "
-	    "left=%u/%llu %s%s%s", log_user(s, ubuf, sizeof(ubuf)),
+	    "left=%u/%llu %s%s%s%s%s", log_user(s, ubuf, sizeof(ubuf)),
 	    s->retr_n, (unsigned long long)s->retr_bytes, s->del_n,
 	    (unsigned long long)s->del_bytes, n, (unsigned long long)octets,
-	    end_names[s->how], s->tls.info[0] ? " tls=" : "", s->tls.info);
+	    end_names[s->how], s->rhost ? " from " : "",
+	    s->rhost ? s->from : "", s->tls.info[0] ? " tls=" : "", s->tls.info);
 }

@@ -5,6 +5,8 @@
 #ifndef SESSION_H
 #define SESSION_H
 
+#include <netinet/in.h>
+
 #include "auth.h"
 #include "io.h"
 #include "mailbox.h"
@@ -21,7 +23,7 @@ enum { ST_AUTH = 1, ST_TRANS = 2 };
  * exits with END_ABORTED for it. */
 enum {
 	END_ABORTED, END_QUIT, END_TIMEOUT, END_DISCONNECT, END_AUTH_FAILURES,
-	END_BAD_COMMANDS, END_NONE
+	END_BAD_COMMANDS, END_PROXY, END_NONE
 };
 
 struct session {
@@ -43,7 +45,13 @@ struct session {
 	int			 how;		/* END_: how it ended, for the log */
 	char			 user[POP3D_USER_MAX + 1];
 	int			 have_user;
-	const char		*rhost;
+	/* the last name a failed login tried, for the summary line */
+	char			 tried[POP3D_USER_MAX + 1];
+	const char		*rhost;		/* the client's address, or NULL */
+	/* PROXY protocol (conn.c): the peer is in --proxy-from */
+	int			 proxied;
+	char			 client[INET6_ADDRSTRLEN];	/* from its header */
+	char			 from[128];	/* "CLIENT via PROXY", for logs */
 	struct account		 acct;
 	struct mailbox		*mb;
 	uint64_t		 total_bytes;	/* at login, for the log */

@@ -1,6 +1,6 @@
 /*
  * state.c: the state files of a maildrop (DESIGN 11): the state
- * directory, its candidates, the session lock (flock, one session per
+ * directory, its candidates, the session lock (fcntl, one session per
  * maildrop), the UPDATE journal and scan cache files, the retirement of a
  * former file's state, the note, and maildrop_open(), which a session and
  * --list-uidl share.
@@ -45,7 +45,7 @@
  * The state of a maildrop file (session lock, UPDATE journal, scan cache)
  * lives in a directory of its user's alone, in files named after the
  * device and inode of the file as the user opened it (the session runs
- * as the user by then): KEY.lock (flock: one session per maildrop however
+ * as the user by then): KEY.lock (fcntl: one session per maildrop however
  * it is named; it also holds a note), KEY.journal and KEY.cache.  A user
  * reaches only the state of files she owns, in her own directory, and no
  * path is ever resolved with privileges.  path-DIGEST (the MD5 of the
@@ -273,7 +273,30 @@ state_file(const char *dir, const char *key, const char *ext)
 }
 
 /*
- * Takes the flock on dir/key.lock.  Since the state of a replaced file is
+ * The session lock on fd: a write lock on the whole file, tied to the
+ * open file like flock (F_OFD_SETLK: closing another descriptor of the
+ * file in this process does not drop it, a second open in one process
+ * conflicts), and, unlike flock, carried by the NFS lock manager (NLM,
+ * NFSv4), so that hosts sharing --state-dir exclude each other.  Returns 0,
+ * or -1 (errno EAGAIN when another holds it).
+ */
+static int
+state_lock_fd(int fd)
+{
+	struct flock fl;
+
+	memset(&fl, 0, sizeof(fl));
+	fl.l_type = F_WRLCK;
+	fl.l_whence = SEEK_SET;		/* l_start, l_len 0: the whole file */
+	if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+		return 0;
+	if (errno == EACCES)
+		errno = EAGAIN;
+	return -1;
+}
+
+/*
+ * Takes the session lock on dir/key.lock.  Since the state of a replaced file is
  * removed (under this lock), the lock counts only while the name still
  * leads to the locked file.  Returns the fd, -1 when another session
  * holds it (EWOULDBLOCK), or -2.
@@ -290,9 +313,9 @@ state_flock(const char *dir, const char *key)
 	for (tries = 0; tries < 3; tries++) {
 		if ((fd = state_file(dir, key, "lock")) < 0)
 			return -2;
-		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (state_lock_fd(fd) < 0) {
 			close(fd);
-			return errno == EWOULDBLOCK ? -1 : -2;
+			return errno == EAGAIN ? -1 : -2;
 		}
 		if (fstat(fd, &a) == 0 && lstat(path, &b) == 0 &&
 		    a.st_ino == b.st_ino && a.st_dev == b.st_dev)
@@ -392,7 +415,8 @@ state_lock(const struct config *cfg, const struct account *acct, int fd,
 
 	if (fstat(fd, &sb) < 0)
 		return R_SYSTEMP;
-	snprintf(st->key, sizeof(st->key), "%llx-%llx",
+	/* the device number of one NFS file differs from host to host */
+	snprintf(st->key, sizeof(st->key), "%llx-%llx", cfg->shared_spool ? 0ULL :
 	    (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
 	for (i = 0; i < n; i++)
 		if (c[i].primary && cand_dir(&c[i], 1, named, st->dir,
@@ -503,6 +527,7 @@ maildrop_open(const struct config *cfg, const struct account *acct,
 	o.journal_fd = st->journal_fd;
 	o.cache_fd = st->cache_fd;
 	o.pseudo_ok = st->pseudo_ok;
+	o.shared = cfg->shared_spool;
 	r = mailbox_open_fd(mbp, acct->mailbox, fd, &o);
 	if (r != MB_OK)
 		return outcome_mailbox(r);

@@ -65,6 +65,7 @@
 
 #include "io.h"
 #include "priv.h"
+#include "proxy.h"
 #include "tls.h"
 
 /* The TLS process's report after the handshake. */
@@ -500,6 +501,28 @@ relay(struct relay *r, int64_t deadline)
 	}
 }
 
+/*
+ * Implicit TLS from a trusted proxy: the PROXY header precedes the
+ * handshake on the raw socket.  It is framed here (proxy_read takes
+ * nothing past it, so the ClientHello stays unread) and written unchanged
+ * ahead of the decrypted stream; the session parses it as without TLS
+ * (conn.c).  Returns 0, or -1 when there was none (the session sees the
+ * end of its input and logs the refusal).
+ */
+static int
+pass_proxy(struct relay *r, int64_t deadline)
+{
+	unsigned char buf[POP3D_PROXY_MAX];
+	struct io_limit lim = { 0, 0 };
+	int64_t end = io_now() + (int64_t)POP3D_PROXY_TIMEOUT * 1000;
+	size_t len;
+
+	lim.end = end < deadline ? end : deadline;
+	if (proxy_read(r->net_in, &lim, buf, &len) < 0)
+		return -1;
+	return write_full(r->plain, buf, len);
+}
+
 /* The TLS process: never returns. */
 static void __attribute__((noreturn))
 tls_process(struct tls *t, const struct config *cfg, int net_in,
@@ -531,6 +554,8 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 	SSL_set_accept_state(r.ssl);
 	if (write_full(r.ctl, "R", 1) < 0)
 		_exit(1);
+	if (t->proxy && pass_proxy(&r, deadline) < 0)
+		_exit(0);
 	relay(&r, deadline);
 	/* a last try for what is queued (an alert, the close_notify) */
 	if (r.coff < r.clen || BIO_ctrl_pending(r.wbio) > 0)

@@ -23,6 +23,8 @@ struct tls {
 	int	 active;	/* the session speaks through it */
 	int	 failed;	/* a start failed: no second try */
 	int	 drop;		/* root mode: it chroots and becomes uid/gid */
+	int	 proxy;		/* implicit TLS from a trusted proxy: the
+				 * PROXY header is passed on, unread, first */
 	uid_t	 uid;
 	gid_t	 gid;
 	char	 info[TLS_INFO_MAX];	/* after tls_finish: the summary */

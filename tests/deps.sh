@@ -8,7 +8,7 @@ PKGS="gcc make procmail libc6-dev libpam0g-dev libpam-modules libpam-runtime \
 libcrypt-dev liblockfile-dev liblockfile-bin libmd-dev libxxhash-dev libpam-wrapper \
 socat python3 curl openssl passwd login util-linux xinetd stunnel4 \
 fetchmail mpop getmail6 mandoc systemd dpkg libevent-2.1-7 libbsd0 libwrap0 \
-valgrind cppcheck clang-tidy \
+valgrind cppcheck clang-tidy haproxy nginx libnginx-mod-mail fail2ban \
 debhelper dpkg-dev lintian blhc adduser \
 libdb5.3 libgdbm6 libgnutls30 libgsasl18 libkyotocabinet16v5 libldap-2.5-0 \
 libmariadb3 libnsl2 libpq5 libunistring2 libunwind8"

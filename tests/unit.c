@@ -1,7 +1,8 @@
 /*
  * tests/unit.c: table-driven unit tests for the line reader (io.c) and
  * the mailbox module: the mbox scanner, sizes, dot-stuffing, TOP, UIDL,
- * change detection, UPDATE, locking and the open checks.
+ * change detection, UPDATE, locking and the open checks; the PROXY
+ * protocol parser and the --proxy-from lists (proxy.c).
  * Prints "PASS unit/<name>" or "FAIL unit/<name> <why>" per case and
  * exits 1 when any failed.  UNIT_MANY sets the message count of the big
  * mailbox case (default 1000000); UNIT_DEBUG=1 logs to stderr.
@@ -28,6 +29,7 @@
 #include "io.h"
 #include "mailbox.h"
 #include "plan.h"
+#include "proxy.h"
 
 /* Options for mailbox_open: no journal, default limits. */
 static const struct mailbox_opts *
@@ -2391,6 +2393,343 @@ test_cache(void)
 	close(cfd);
 }
 
+/* ---- PROXY protocol (proxy.c) ----------------------------------------- */
+
+/* The 12-octet v2 signature. */
+#define PP2SIG	"\r\n\r\n\0\r\nQUIT\n"
+
+static const struct need_case {
+	const char	*name;
+	const char	*in;
+	size_t		 len;
+	long		 want;
+} need_cases[] = {
+	{ "empty", "", 0, 1 },
+	{ "v1-start", "P", 1, 1 },
+	{ "v1-partial", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r", 31, 1 },
+	{ "v1-whole", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", 32, 0 },
+	{ "v1-bare-lf", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", 31, -1 },
+	{ "v1-cr-not-last", "PROXY \rX", 8, -1 },
+	{ "v1-lowercase", "proxy", 5, -1 },
+	{ "v1-typo", "PROXZ", 5, -1 },
+	{ "v1-no-space", "PROXY\r", 6, -1 },
+	{ "http", "GET / HTTP/1.0\r\n", 16, -1 },
+	{ "pop3-command", "USER bob\r\n", 10, -1 },
+	{ "v2-sig-start", "\r", 1, 1 },
+	{ "v2-sig", PP2SIG, 12, 4 },
+	{ "v2-fixed-part", PP2SIG "\x21\x11\x00\x0c", 16, 12 },
+	{ "v2-whole", PP2SIG "\x21\x11\x00\x0c" "\1\2\3\4\5\6\7\10\0\1\0\2",
+	  28, 0 },
+	{ "v2-bad-sig", "\r\n\r\n\1", 5, -1 },
+	{ "v2-version-1", PP2SIG "\x11", 13, -1 },
+	{ "v2-too-long", PP2SIG "\x21\x11\xff\xff", 16, -1 },
+	{ "v2-pop3-blank-lines", "\r\n\r\nUSER", 8, -1 },
+};
+
+static void
+test_proxy_need(void)
+{
+	char line[200], name[64];
+	size_t i;
+
+	for (i = 0; i < sizeof(need_cases) / sizeof(need_cases[0]); i++) {
+		const struct need_case *c = &need_cases[i];
+		long r = proxy_need((const unsigned char *)c->in, c->len);
+
+		snprintf(name, sizeof(name), "proxy-need-%s", c->name);
+		result(name, r == c->want, "got %ld, want %ld", r, c->want);
+	}
+	/* The longest v1 line (107 octets with its CRLF) is whole; no CRLF
+	 * within 107 octets is not a header. */
+	memset(line, 'f', sizeof(line));
+	memcpy(line, "PROXY UNKNOWN ", 14);
+	line[105] = '\r';
+	line[106] = '\n';
+	result("proxy-need-v1-107", proxy_need((unsigned char *)line, 107) == 0,
+	    "a 107-octet line is not whole");
+	line[105] = 'f';
+	result("proxy-need-v1-no-crlf-in-107",
+	    proxy_need((unsigned char *)line, 107) == -1,
+	    "107 octets without CRLF still wanted more");
+}
+
+static const struct parse_case {
+	const char	*name;
+	const char	*in;
+	size_t		 len;
+	int		 kind;		/* 0: must fail */
+	const char	*src;		/* PROXY_TCP: the client */
+	unsigned	 port;
+} parse_cases[] = {
+	{ "v1-tcp4", "PROXY TCP4 198.51.100.7 127.0.0.1 40000 110\r\n", 0,
+	  PROXY_TCP, "198.51.100.7", 40000 },
+	{ "v1-tcp4-port0", "PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n", 0,
+	  PROXY_TCP, "0.0.0.0", 0 },
+	{ "v1-tcp6", "PROXY TCP6 2001:db8::7 2001:db8::1 1 110\r\n", 0,
+	  PROXY_TCP, "2001:db8::7", 1 },
+	{ "v1-tcp6-mapped", "PROXY TCP6 ::ffff:198.51.100.7 ::1 5 110\r\n", 0,
+	  PROXY_TCP, "198.51.100.7", 5 },
+	{ "v1-unknown", "PROXY UNKNOWN\r\n", 0, PROXY_UNKNOWN, NULL, 0 },
+	{ "v1-unknown-rest", "PROXY UNKNOWN ffff::1 ::1 65535 65535\r\n", 0,
+	  PROXY_UNKNOWN, NULL, 0 },
+	{ "v1-unknown-suffix", "PROXY UNKNOWNX\r\n", 0, 0, NULL, 0 },
+	{ "v1-unknown-tab", "PROXY UNKNOWN\tx\r\n", 0, 0, NULL, 0 },
+	{ "v1-leading-zero", "PROXY TCP4 01.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-octet-256", "PROXY TCP4 256.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-three-octets", "PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-five-octets", "PROXY TCP4 1.2.3.4.5 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-tcp4-v6-address", "PROXY TCP4 ::1 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-tcp6-v4-address", "PROXY TCP6 1.2.3.4 ::1 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-tcp4-mixed-dst", "PROXY TCP4 1.2.3.4 ::1 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-port-65536", "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-port-leading-zero", "PROXY TCP4 1.2.3.4 5.6.7.8 080 2\r\n", 0,
+	  0, NULL, 0 },
+	{ "v1-port-sign", "PROXY TCP4 1.2.3.4 5.6.7.8 +80 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-port-missing", "PROXY TCP4 1.2.3.4 5.6.7.8 80\r\n", 0, 0, NULL, 0 },
+	{ "v1-extra-field", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", 0, 0, NULL, 0 },
+	{ "v1-two-spaces", "PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-trailing-space", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n", 0, 0, NULL, 0 },
+	{ "v1-tab", "PROXY TCP4\t1.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-tcp5", "PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-lowercase-tcp4", "PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-zone", "PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", 0, 0, NULL, 0 },
+	{ "v1-nul", "PROXY TCP4 1.2.3.4\0 5.6.7.8 1 2\r\n", 33, 0, NULL, 0 },
+	{ "v1-no-crlf", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2", 0, 0, NULL, 0 },
+	{ "v2-tcp4", PP2SIG "\x21\x11\x00\x0c" "\xc6\x33\x64\x07\x7f\0\0\1"
+	  "\x9c\x40\0\x6e", 28, PROXY_TCP, "198.51.100.7", 40000 },
+	{ "v2-tcp6", PP2SIG "\x21\x21\x00\x24"
+	  "\x20\x01\x0d\xb8\0\0\0\0\0\0\0\0\0\0\0\x07"
+	  "\x20\x01\x0d\xb8\0\0\0\0\0\0\0\0\0\0\0\x01" "\0\1\0\x6e", 52,
+	  PROXY_TCP, "2001:db8::7", 1 },
+	{ "v2-tcp6-mapped", PP2SIG "\x21\x21\x00\x24"
+	  "\0\0\0\0\0\0\0\0\0\0\xff\xff\xc6\x33\x64\x07"
+	  "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x01" "\0\1\0\x6e", 52,
+	  PROXY_TCP, "198.51.100.7", 1 },
+	{ "v2-tcp4-tlvs", PP2SIG "\x21\x11\x00\x17" "\xc6\x33\x64\x07\x7f\0\0\1"
+	  "\x9c\x40\0\x6e" "\x04\x00\x03xyz" "\x05\x00\x02id", 39,
+	  PROXY_TCP, "198.51.100.7", 40000 },
+	{ "v2-tcp4-tlv-empty", PP2SIG "\x21\x11\x00\x0f" "\xc6\x33\x64\x07"
+	  "\x7f\0\0\1\x9c\x40\0\x6e" "\x04\x00\x00", 31,
+	  PROXY_TCP, "198.51.100.7", 40000 },
+	{ "v2-local", PP2SIG "\x20\x00\x00\x00", 16, PROXY_LOCAL, NULL, 0 },
+	{ "v2-local-with-block", PP2SIG "\x20\x11\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, PROXY_LOCAL, NULL, 0 },
+	{ "v2-proxy-unspec", PP2SIG "\x21\x00\x00\x00", 16, PROXY_UNKNOWN,
+	  NULL, 0 },
+	{ "v2-proxy-udp4", PP2SIG "\x21\x12\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, PROXY_UNKNOWN, NULL, 0 },
+	{ "v2-version-3", PP2SIG "\x31\x11\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, 0, NULL, 0 },
+	{ "v2-command-2", PP2SIG "\x22\x11\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, 0, NULL, 0 },
+	{ "v2-family-4", PP2SIG "\x21\x41\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, 0, NULL, 0 },
+	{ "v2-transport-3", PP2SIG "\x21\x13\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, 0, NULL, 0 },
+	{ "v2-tcp4-short-block", PP2SIG "\x21\x11\x00\x0b" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0", 27, 0, NULL, 0 },
+	{ "v2-tcp6-short-block", PP2SIG "\x21\x21\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2", 28, 0, NULL, 0 },
+	{ "v2-tlv-overrun", PP2SIG "\x21\x11\x00\x10" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2" "\x04\x00\x05x", 32, 0, NULL, 0 },
+	{ "v2-tlv-cut-header", PP2SIG "\x21\x11\x00\x0e" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2" "\x04\x00", 30, 0, NULL, 0 },
+	{ "v2-length-mismatch", PP2SIG "\x21\x11\x00\x0c" "\1\2\3\4\5\6\7\10"
+	  "\0\1\0\2" "junk", 32, 0, NULL, 0 },
+};
+
+static void
+test_proxy_parse(void)
+{
+	char name[64], text[64];
+	size_t i;
+
+	for (i = 0; i < sizeof(parse_cases) / sizeof(parse_cases[0]); i++) {
+		const struct parse_case *c = &parse_cases[i];
+		size_t len = c->len ? c->len : strlen(c->in);
+		struct proxy_hdr h;
+		const char *why = NULL;
+		int r;
+
+		memset(&h, 0xa5, sizeof(h));
+		r = proxy_parse((const unsigned char *)c->in, len, &h, &why);
+		snprintf(name, sizeof(name), "proxy-parse-%s", c->name);
+		if (c->kind == 0) {
+			result(name, r == -1 && why != NULL,
+			    "accepted (kind %u)", (unsigned)h.kind);
+			continue;
+		}
+		if (r != 0) {
+			result(name, 0, "refused: %s", why ? why : "?");
+			continue;
+		}
+		if (h.kind != (uint32_t)c->kind) {
+			result(name, 0, "kind %u, want %d", (unsigned)h.kind,
+			    c->kind);
+			continue;
+		}
+		if (c->src == NULL) {
+			result(name, proxy_hdr_check(&h), "record not valid");
+			continue;
+		}
+		proxy_addr_str(&h.src, text, sizeof(text));
+		result(name, strcmp(text, c->src) == 0 && h.src.port ==
+		    c->port && proxy_hdr_check(&h), "client %s port %u",
+		    text, (unsigned)h.src.port);
+	}
+}
+
+static const struct list_case {
+	const char	*list;
+	int		 count;		/* -1: refused */
+	const char	*in;		/* addresses that match, ';'-separated */
+	const char	*out;		/* addresses that do not */
+} list_cases[] = {
+	{ "127.0.0.1", 1, "127.0.0.1;::ffff:127.0.0.1", "127.0.0.2;::1" },
+	{ "127.0.0.1,::1", 2, "127.0.0.1;::1", "::2;10.0.0.1" },
+	{ "10.0.0.0/8,2001:db8::/32", 2, "10.0.0.0;10.255.1.2;2001:db8:ff::9",
+	  "11.0.0.0;9.255.255.255;2001:db9::;::ffff:11.0.0.1" },
+	{ "192.168.1.128/25", 1, "192.168.1.128;192.168.1.255",
+	  "192.168.1.127;192.168.2.128" },
+	{ "::ffff:10.0.0.0/104", 1, "10.1.1.1", "11.1.1.1" },
+	{ "0.0.0.0/0", 1, "1.2.3.4;255.255.255.255", "::1" },
+	{ "::/0", 1, "::1;2001:db8::1", "1.2.3.4" },
+	{ "2001:db8::1/128", 1, "2001:db8::1", "2001:db8::2" },
+	{ "", -1, "", "" },
+	{ "10.0.0.1/8", -1, "", "" },
+	{ "10.0.0.0/33", -1, "", "" },
+	{ "::/129", -1, "", "" },
+	{ "10.0.0.0/", -1, "", "" },
+	{ "10.0.0.0/08", -1, "", "" },
+	{ "a.b.c.d", -1, "", "" },
+	{ "127.0.0.1,", -1, "", "" },
+	{ ",127.0.0.1", -1, "", "" },
+	{ "127.0.0.1 ", -1, "", "" },
+	{ "localhost", -1, "", "" },
+	{ "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,"
+	  "25,26,27,28,29,30,31,32,33", -1, "", "" },
+};
+
+/* Checks each ';'-separated address of addrs against nets. */
+static int
+list_matches(const struct proxy_net *nets, int n, const char *addrs,
+    int want, char *bad, size_t size)
+{
+	char buf[256], *p, *save = NULL;
+	struct proxy_addr a;
+
+	snprintf(buf, sizeof(buf), "%s", addrs);
+	for (p = strtok_r(buf, ";", &save); p; p = strtok_r(NULL, ";", &save))
+		if (proxy_addr_parse(p, &a) < 0 ||
+		    proxy_list_match(nets, (size_t)n, &a) != want) {
+			snprintf(bad, size, "%s", p);
+			return 0;
+		}
+	return 1;
+}
+
+static void
+test_proxy_list(void)
+{
+	struct proxy_net nets[POP3D_PROXY_FROM_MAX];
+	char name[80], bad[64] = "";
+	size_t i;
+
+	for (i = 0; i < sizeof(list_cases) / sizeof(list_cases[0]); i++) {
+		const struct list_case *c = &list_cases[i];
+		const char *why = NULL;
+		int n = proxy_list_parse(c->list, nets, POP3D_PROXY_FROM_MAX,
+		    &why);
+
+		snprintf(name, sizeof(name), "proxy-list-%zu", i);
+		if (n != c->count || (n < 0 && why == NULL))
+			result(name, 0, "%s: count %d, want %d", c->list, n,
+			    c->count);
+		else if (n > 0 && !list_matches(nets, n, c->in, 1, bad,
+		    sizeof(bad)))
+			result(name, 0, "%s: %s does not match", c->list, bad);
+		else if (n > 0 && !list_matches(nets, n, c->out, 0, bad,
+		    sizeof(bad)))
+			result(name, 0, "%s: %s matches", c->list, bad);
+		else
+			result(name, 1, "%s", "");
+	}
+}
+
+/* The records the root parent must refuse from the pre-auth child. */
+static void
+test_proxy_hdr_check(void)
+{
+	struct proxy_hdr h;
+	int ok = 1;
+
+	memset(&h, 0, sizeof(h));
+	h.kind = PROXY_TCP;
+	h.src.family = h.dst.family = AF_INET;
+	ok &= proxy_hdr_check(&h) == 1;
+	h.src.family = 99;
+	ok &= proxy_hdr_check(&h) == 0;
+	h.src.family = AF_INET6;
+	h.dst.family = AF_UNIX;
+	ok &= proxy_hdr_check(&h) == 0;
+	h.dst.family = AF_INET6;
+	ok &= proxy_hdr_check(&h) == 1;
+	h.src.family = AF_INET6;
+	memcpy(h.src.addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff\1\2\3\4", 16);
+	ok &= proxy_hdr_check(&h) == 0;		/* mapped: should be AF_INET */
+	memset(&h, 0, sizeof(h));
+	h.kind = PROXY_LOCAL;
+	ok &= proxy_hdr_check(&h) == 1;
+	h.kind = 0;
+	ok &= proxy_hdr_check(&h) == 0;
+	h.kind = PROXY_UNKNOWN + 1;
+	ok &= proxy_hdr_check(&h) == 0;
+	result("proxy-hdr-check", ok, "a bad record passed, or a good one not");
+}
+
+/*
+ * proxy_read takes the header and nothing after it: the pipe keeps the
+ * POP3 line that followed; a 15-octet header with nothing after it is
+ * read without waiting for more (the writer stays open, so a read past
+ * it would wait out the limit).
+ */
+static void
+test_proxy_read(void)
+{
+	static const char v1[] = "PROXY TCP4 198.51.100.7 127.0.0.1 1 110\r\n";
+	static const char v2[] = PP2SIG "\x21\x11\x00\x0f" "\1\2\3\4\5\6\7\10"
+	    "\0\1\0\2" "\x04\x00\x00";
+	unsigned char buf[POP3D_PROXY_MAX];
+	struct io_limit lim = { 0, 5 };
+	char rest[16] = "";
+	size_t len = 0;
+	int p[2], r;
+
+	if (pipe(p) < 0)
+		return;
+	r = write(p[1], v1, sizeof(v1) - 1) < 0 ||
+	    write(p[1], "QUIT\r\n", 6) < 0;
+	r = r || proxy_read(p[0], &lim, buf, &len) < 0;
+	r = r || read(p[0], rest, 6) != 6;
+	result("proxy-read-v1-exact", !r && len == sizeof(v1) - 1 &&
+	    memcmp(rest, "QUIT\r\n", 6) == 0, "len %zu, then %.6s", len, rest);
+	r = write(p[1], v2, sizeof(v2) - 1) < 0 ||
+	    write(p[1], "\x16\x03\x01", 3) < 0;	/* a TLS ClientHello starts */
+	r = r || proxy_read(p[0], &lim, buf, &len) < 0;
+	r = r || read(p[0], rest, 3) != 3;
+	result("proxy-read-v2-exact", !r && len == sizeof(v2) - 1 &&
+	    memcmp(rest, "\x16\x03\x01", 3) == 0, "len %zu", len);
+	r = write(p[1], "PROXY UNKNOWN\r\n", 15) < 0;
+	r = r || proxy_read(p[0], &lim, buf, &len) < 0;
+	result("proxy-read-short-header", !r && len == 15, "len %zu", len);
+	r = write(p[1], "USER bob\r\n", 10) < 0;
+	errno = 0;
+	r = r || proxy_read(p[0], &lim, buf, &len) != -1 || errno != EPROTO;
+	result("proxy-read-not-a-header", !r, "errno %d", errno);
+	close(p[1]);
+	close(p[0]);
+}
+
 static void
 cleanup(void)
 {
@@ -2452,6 +2791,11 @@ main(int argc, char **argv)
 	for (i = 0; i < sizeof(plan_cases) / sizeof(plan_cases[0]); i++)
 		test_plan(&plan_cases[i]);
 	test_plan_gen();
+	test_proxy_need();
+	test_proxy_parse();
+	test_proxy_list();
+	test_proxy_hdr_check();
+	test_proxy_read();
 
 	cleanup();
 	printf("%d passed, %d failed\n", passed, failed);

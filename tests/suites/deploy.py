@@ -389,6 +389,10 @@ def install_tree(h):
             "usr/share/doc/pop3d/examples/xinetd.d/pop3s": 0o644,
             "usr/share/doc/pop3d/examples/systemd/pop3s.socket": 0o644,
             "usr/share/doc/pop3d/examples/systemd/pop3s@.service": 0o644,
+            "usr/share/doc/pop3d/examples/haproxy/haproxy.cfg": 0o644,
+            "usr/share/doc/pop3d/examples/nginx/nginx.conf": 0o644,
+            "usr/share/doc/pop3d/examples/fail2ban/filter.d/pop3d.conf": 0o644,
+            "usr/share/doc/pop3d/examples/fail2ban/jail.d/pop3d.conf": 0o644,
             "etc/pam.d/pop3d": 0o644}
     got = {}
     for root, _, files in os.walk(dest):
@@ -506,7 +510,7 @@ def syslog_test(h):
             r"login failed: user=%s\b.*" % u,
             r"login: user=%s\b.*" % u,
             r"mailbox loaded: user=%s messages=3 bytes=2086 scanned=\d+" % u,
-            r"session end: user=%s retr=1/501 del=1/1035 left=2/1051 quit" % u]
+            r"session end: user=%s retr=1/501 del=1/1035 left=2/1051 quit from 127\.0\.0\.1" % u]
     i = 0
     for pat in want:
         while i < len(text) and not re.fullmatch(pat, text[i]):
