@@ -266,6 +266,67 @@ def case_v1_user_mode(h):
     proxied_session(h, "user", v1(), CLIENT)
 
 
+def tls_files(h, case, mode):
+    """A self-signed EC certificate for 127.0.0.1 and its key, readable by
+    the user the TLS process loads them as."""
+    cert, key = os.path.join(case, "cert.pem"), os.path.join(case, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if mode == "user":
+        for f in (cert, key):
+            os.chown(f, h.ENV.u1.pw_uid, h.ENV.u1.pw_gid)
+    return cert, key
+
+
+def implicit_tls(h, mode):
+    """Implicit TLS from a trusted proxy: the header comes in clear before
+    the handshake (as HAProxy and nginx send it); the session inside TLS
+    then names the header's client."""
+    import ssl
+    case = h.ENV.new_case(mode)
+    seed(h, case)
+    cert, key = tls_files(h, case, mode)
+    srv = Server(h, case, ["--proxy-from", "127.0.0.1", "--tls-implicit",
+                           "--tls-cert", cert, "--tls-key", key], mode=mode)
+    ctx = ssl.create_default_context(cafile=cert)
+    out = b""
+    try:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=h.TIMEOUT)
+        raw.sendall(v1())
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as c:
+            c.sendall(login_script(h))
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                out += d
+        texts = srv.wait_ends(1)
+    except ssl.SSLError as e:
+        raise Fail("TLS after the header: %s" % e)
+    finally:
+        srv.stop()
+    if out != LOGIN_REPLIES:
+        raise Fail("replies %r" % out)
+    frm = r"%s via 127\.0\.0\.1" % re.escape(CLIENT)
+    u = re.escape(h.ENV.vuser)
+    expect_lines(texts, [r"connect from " + frm,
+                         r"login failed: user=%s from %s" % (u, frm),
+                         r"session end: user=%s .* quit from %s tls=TLSv1\.3.*" % (u, frm)],
+                 "syslog")
+    srv.sanitizer_check()
+
+
+def case_implicit_tls(h):
+    implicit_tls(h, "root")
+
+
+def case_implicit_tls_user_mode(h):
+    implicit_tls(h, "user")
+
+
 def case_v2_tlvs(h):
     tlvs = b"\x04\x00\x03pad" + b"\x05\x00\x08uniqueid"     # NOOP, UNIQUE_ID
     proxied_session(h, "root", v2("198.51.100.9", "127.0.0.1", 50000, 110, tlvs),
@@ -628,7 +689,9 @@ def tests(h):
              ("proxy/client-sends-proxy", case_client_sends_proxy),
              ("proxy/without-option", case_without_option),
              ("proxy/option-errors", case_option_errors),
-             ("proxy/fail2ban-regex", case_fail2ban)]
+             ("proxy/fail2ban-regex", case_fail2ban),
+             ("proxy/implicit-tls", case_implicit_tls),
+             ("proxy/implicit-tls-user-mode", case_implicit_tls_user_mode)]
     for name, fn in cases:
         if not h.wanted(name):
             continue

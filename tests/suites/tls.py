@@ -497,7 +497,7 @@ def stalled_reader(mode):
             raise H.Fail("ended after %.1f s, limit %d + %d + %.0f" % (took, IDLE, linger, H.LATE))
         log = c.log()
         if "did not take the end of the session" not in log or \
-                not re.search(r"session end: .* timeout tls=TLSv", log):
+                not re.search(r"session end: .* timeout( from \S+)? tls=TLSv", log):
             raise H.Fail("log: %r" % log[-400:])
         if open(mbox, "rb").read() != before:
             raise H.Fail("mailbox changed")
