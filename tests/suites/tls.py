@@ -33,6 +33,7 @@
 #                               certificate is used by the next connection
 # The plaintext policy without handshakes is in the transcripts
 # tls-plaintext-refused, tls-plaintext-allowed and stls-without-tls.
+import importlib.util
 import os
 import pwd
 import random
@@ -42,6 +43,21 @@ import socket
 import ssl
 import subprocess
 import time
+
+
+def _load(name):
+    """Another suite's helpers: /proc readers shared with privsep and
+    stalled."""
+    spec = importlib.util.spec_from_file_location(
+        "suite_%s_helpers" % name,
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+P = _load("privsep")
+S = _load("stalled")
 
 H = None
 AUTH = 3        # --auth-timeout of the hostile cases
@@ -508,38 +524,6 @@ def stalled_reader(mode):
 
 # -------------------------------------------------------- /proc checks
 
-def group_pids(pgid):
-    pids = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % p) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(p))
-    return sorted(pids)
-
-
-def status(pid):
-    f = {}
-    with open("/proc/%d/status" % pid) as fh:
-        for line in fh:
-            k, _, v = line.partition(":")
-            f[k] = v.split()
-    return f
-
-
-def limits(pid):
-    out = {}
-    with open("/proc/%d/limits" % pid) as fh:
-        for line in fh.readlines()[1:]:
-            out[line[:26].strip()] = line[26:47].strip()
-    return out
-
-
 def fds(pid):
     d = "/proc/%d/fd" % pid
     out = {}
@@ -555,14 +539,14 @@ def tls_process(c):
     """The one process of the session that holds the client socket: the
     TLS process.  Fails if none, or another one does too."""
     sock = "socket:[%d]" % c.sock_ino
-    holders = [p for p in group_pids(c.p.pid) if sock in fds(p).values()]
+    holders = [p for p in S.group_pids(c.p.pid) if sock in fds(p).values()]
     if len(holders) != 1:
         raise H.Fail("processes holding the client socket: %s" % holders)
     return holders[0]
 
 
 def check_tls_proc(mode, pid, c):
-    st, lim, fd = status(pid), limits(pid), fds(pid)
+    st, lim, fd = P.status(pid), P.limits(pid), fds(pid)
     p = []
     if mode == "root":
         pw = pwd.getpwnam("pop3d-tls")
@@ -617,7 +601,7 @@ def proc(mode):
         problems += ["after login: " + x for x in check_tls_proc(mode, t, c)]
         # the session itself no longer holds the client socket (tls_process
         # checked) and has /dev/null on 0 and 1
-        for pid in group_pids(c.p.pid):
+        for pid in S.group_pids(c.p.pid):
             if pid != t and [fds(pid).get(i) for i in (0, 1)] != ["/dev/null"] * 2:
                 problems.append("pid %d has %s on 0 and 1" % (pid, [fds(pid).get(i) for i in (0, 1)]))
         c.send(b"QUIT\r\n")
@@ -689,19 +673,19 @@ def scan(pid, pats):
 def isolation_check(c, pats, when):
     t = tls_process(c)
     found, others = {}, []
-    for pid in group_pids(c.p.pid):
+    for pid in S.group_pids(c.p.pid):
         got = scan(pid, pats)
         if pid == t:
             found = got
         elif got:
-            st = status(pid)
+            st = P.status(pid)
             others.append("%s: pid %d (uid %s) holds %s" % (when, pid, st["Uid"][0], sorted(got)))
     if others:
         raise H.Fail("; ".join(others))
     if not any(k.endswith("/LE") or k.endswith("/BE") for k in found):
         raise H.Fail("%s: the scan finds no key in the TLS process %d (found %s): "
                      "the test cannot see a key" % (when, t, sorted(found)))
-    return len(group_pids(c.p.pid)), sorted(found)
+    return len(S.group_pids(c.p.pid)), sorted(found)
 
 
 def key_isolation(implicit_tls):
