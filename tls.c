@@ -45,7 +45,8 @@
  * spends in every process).  2.5 ms per connection, beside the ~17 ms
  * that TLS adds to a session as a whole (handshake, a third process), is
  * not the clear gain that would justify the less common library.
- * Calls: priv.c, io.c, log.c.
+ * OpenSSL is loaded by the TLS process alone, see tlslib.c.
+ * Calls: tlslib.c (OpenSSL), priv.c, io.c, log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,13 +60,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
-#include <openssl/rand.h>
-#include <openssl/ssl.h>
-
 #include "io.h"
 #include "priv.h"
 #include "tls.h"
+#include "tlslib.h"
 
 /* The TLS process's report after the handshake. */
 struct report {
@@ -166,13 +164,13 @@ tls_release_raw(int net_in, int net_out)
 static const char *
 ssl_reason(char *buf, size_t size)
 {
-	unsigned long e = ERR_get_error();
+	unsigned long e = ossl->ERR_get_error();
 
 	if (e == 0)
 		snprintf(buf, size, "no reason given");
 	else
-		ERR_error_string_n(e, buf, size);
-	ERR_clear_error();
+		ossl->ERR_error_string_n(e, buf, size);
+	ossl->ERR_clear_error();
 	return buf;
 }
 
@@ -214,37 +212,39 @@ tls_load(const struct config *cfg)
 	char why[256];
 	SSL_CTX *ctx;
 
-	if (OPENSSL_init_ssl(0, NULL) != 1 ||
-	    (ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
+	if (ossl->OPENSSL_init_ssl(0, NULL) != 1 ||
+	    (ctx = ossl->SSL_CTX_new(ossl->TLS_server_method())) == NULL) {
 		logmsg(LOG_ERR, "TLS: cannot initialise OpenSSL: %s",
 		    ssl_reason(why, sizeof(why)));
 		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION,
+	    NULL);
+	ossl->SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
 	    SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
 	    SSL_OP_NO_TICKET);
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-	SSL_CTX_set_num_tickets(ctx, 0);
-	SSL_CTX_set_dh_auto(ctx, 1);
-	if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF,
+	    NULL);
+	ossl->SSL_CTX_set_num_tickets(ctx, 0);
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_DH_AUTO, 1, NULL);
+	if (ossl->SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
 		logmsg(LOG_ERR, "TLS: certificate %s: %s", cfg->tls_cert,
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
-	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key,
-	    SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+	if (ossl->SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key,
+	    SSL_FILETYPE_PEM) != 1 || ossl->SSL_CTX_check_private_key(ctx) != 1) {
 		logmsg(LOG_ERR, "TLS: key %s: %s", cfg->tls_key,
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
 	/* the random generator is seeded here, before the chroot */
-	if (RAND_bytes(&seed, 1) != 1) {
+	if (ossl->RAND_bytes(&seed, 1) != 1) {
 		logmsg(LOG_ERR, "TLS: no random numbers: %s",
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
 	return ctx;
@@ -260,7 +260,8 @@ report(struct relay *r, char kind)
 	rep.kind = kind;
 	if (kind == 'H')
 		snprintf(rep.info, sizeof(rep.info), "%s/%s",
-		    SSL_get_version(r->ssl), SSL_get_cipher_name(r->ssl));
+		    ossl->SSL_get_version(r->ssl), ossl->SSL_CIPHER_get_name(
+		    ossl->SSL_get_current_cipher(r->ssl)));
 	(void)write_full(r->ctl, &rep, sizeof(rep));
 }
 
@@ -282,13 +283,13 @@ static int
 handshake(struct relay *r)
 {
 	char why[256];
-	int n = SSL_do_handshake(r->ssl);
+	int n = ossl->SSL_do_handshake(r->ssl);
 
 	if (n == 1) {
 		report(r, 'H');
 		return 1;
 	}
-	if (SSL_get_error(r->ssl, n) == SSL_ERROR_WANT_READ) {
+	if (ossl->SSL_get_error(r->ssl, n) == SSL_ERROR_WANT_READ) {
 		if (!r->net_eof)
 			return 0;
 		handshake_failed(r, "the client closed the connection");
@@ -308,13 +309,13 @@ decrypt(struct relay *r)
 
 	if (r->doff < r->dlen || r->tls_eof)
 		return 0;
-	n = SSL_read(r->ssl, r->dbuf, sizeof(r->dbuf));
+	n = ossl->SSL_read(r->ssl, r->dbuf, sizeof(r->dbuf));
 	if (n > 0) {
 		r->doff = 0;
 		r->dlen = (size_t)n;
 		return 0;
 	}
-	switch (SSL_get_error(r->ssl, n)) {
+	switch (ossl->SSL_get_error(r->ssl, n)) {
 	case SSL_ERROR_WANT_READ:
 		r->tls_eof = r->net_eof;	/* an end without close_notify */
 		return 0;
@@ -339,7 +340,7 @@ from_client(struct relay *r)
 		return;
 	if (n <= 0)
 		r->net_eof = 1;
-	else if (BIO_write(r->rbio, buf, (int)n) != (int)n)
+	else if (ossl->BIO_write(r->rbio, buf, (int)n) != (int)n)
 		fatalx("TLS: BIO_write");
 }
 
@@ -350,7 +351,7 @@ to_client(struct relay *r)
 	ssize_t n;
 
 	if (r->coff == r->clen) {
-		int got = BIO_read(r->wbio, r->cbuf, (int)sizeof(r->cbuf));
+		int got = ossl->BIO_read(r->wbio, r->cbuf, (int)sizeof(r->cbuf));
 
 		r->coff = 0;
 		r->clen = got > 0 ? (size_t)got : 0;
@@ -375,7 +376,7 @@ session_ended(struct relay *r)
 {
 	r->plain_eof = 1;
 	r->progress = io_now();
-	(void)SSL_shutdown(r->ssl);
+	(void)ossl->SSL_shutdown(r->ssl);
 }
 
 /* Reads the session's output and encrypts it; at its end queues the
@@ -393,7 +394,7 @@ from_session(struct relay *r)
 		session_ended(r);
 		return 0;
 	}
-	if (SSL_write(r->ssl, buf, (int)n) != (int)n)
+	if (ossl->SSL_write(r->ssl, buf, (int)n) != (int)n)
 		ok = -1;
 	explicit_bzero(buf, (size_t)n);
 	return ok;
@@ -421,7 +422,7 @@ to_session(struct relay *r)
 static size_t
 pending_out(const struct relay *r)
 {
-	return (r->clen - r->coff) + BIO_ctrl_pending(r->wbio);
+	return (r->clen - r->coff) + ossl->BIO_ctrl_pending(r->wbio);
 }
 
 /*
@@ -512,7 +513,7 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 
 	keep_only(keep, (int)(sizeof(keep) / sizeof(keep[0])));
 	log_reopen();
-	if ((ctx = tls_load(cfg)) == NULL)
+	if (tlslib_load() < 0 || (ctx = tls_load(cfg)) == NULL)
 		_exit(1);
 	memset(&r, 0, sizeof(r));
 	r.net_kind = io_kind(net_out);		/* fstat: before seccomp */
@@ -523,21 +524,21 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 	r.plain = t->plain_peer;
 	r.ctl = t->ctl_peer;
 	r.rhost = rhost;
-	if ((r.ssl = SSL_new(ctx)) == NULL ||
-	    (r.rbio = BIO_new(BIO_s_mem())) == NULL ||
-	    (r.wbio = BIO_new(BIO_s_mem())) == NULL)
+	if ((r.ssl = ossl->SSL_new(ctx)) == NULL ||
+	    (r.rbio = ossl->BIO_new(ossl->BIO_s_mem())) == NULL ||
+	    (r.wbio = ossl->BIO_new(ossl->BIO_s_mem())) == NULL)
 		fatalx("TLS: out of memory");
-	SSL_set_bio(r.ssl, r.rbio, r.wbio);
-	SSL_set_accept_state(r.ssl);
+	ossl->SSL_set_bio(r.ssl, r.rbio, r.wbio);
+	ossl->SSL_set_accept_state(r.ssl);
 	if (write_full(r.ctl, "R", 1) < 0)
 		_exit(1);
 	relay(&r, deadline);
 	/* a last try for what is queued (an alert, the close_notify) */
-	if (r.coff < r.clen || BIO_ctrl_pending(r.wbio) > 0)
+	if (r.coff < r.clen || ossl->BIO_ctrl_pending(r.wbio) > 0)
 		(void)to_client(&r);
 	explicit_bzero(r.dbuf, sizeof(r.dbuf));
-	SSL_free(r.ssl);
-	SSL_CTX_free(ctx);
+	ossl->SSL_free(r.ssl);
+	ossl->SSL_CTX_free(ctx);
 	_exit(0);
 }
 
