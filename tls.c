@@ -84,8 +84,9 @@ struct relay {
 	size_t		 doff, dlen;	/* decrypted, for the session */
 	size_t		 coff, clen;	/* ciphertext, for the client */
 	int64_t		 progress;	/* the client last took ciphertext */
-	unsigned char	 dbuf[16384];
-	unsigned char	 cbuf[16384];
+	unsigned char	 dbuf[16384];		/* one TLS record */
+	unsigned char	 pbuf[POP3D_TLS_CHUNK];
+	unsigned char	 cbuf[POP3D_TLS_CHUNK];
 };
 
 void
@@ -344,28 +345,36 @@ from_client(struct relay *r)
 		fatalx("TLS: BIO_write");
 }
 
-/* Sends ciphertext to the client.  Returns 0, or -1 when it is gone. */
+/*
+ * Sends ciphertext to the client: until the socket would block (or all is
+ * sent), but only once to a pipe or terminal, where a write may block and
+ * is made only after poll() said it would not.  Returns 0, or -1 when the
+ * client is gone.
+ */
 static int
 to_client(struct relay *r)
 {
-	ssize_t n;
+	do {
+		ssize_t n;
 
-	if (r->coff == r->clen) {
-		int got = ossl->BIO_read(r->wbio, r->cbuf, (int)sizeof(r->cbuf));
+		if (r->coff == r->clen) {
+			int got = ossl->BIO_read(r->wbio, r->cbuf,
+			    (int)sizeof(r->cbuf));
 
-		r->coff = 0;
-		r->clen = got > 0 ? (size_t)got : 0;
-		if (r->clen == 0)
+			r->coff = 0;
+			r->clen = got > 0 ? (size_t)got : 0;
+			if (r->clen == 0)
+				return 0;
+		}
+		n = io_write_some(r->net_out, r->net_kind, r->cbuf + r->coff,
+		    r->clen - r->coff);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			return 0;
-	}
-	n = io_write_some(r->net_out, r->net_kind, r->cbuf + r->coff,
-	    r->clen - r->coff);
-	if (n < 0 && (errno == EINTR || errno == EAGAIN))
-		return 0;
-	if (n <= 0)
-		return -1;
-	r->coff += (size_t)n;
-	r->progress = io_now();
+		if (n <= 0)
+			return -1;
+		r->coff += (size_t)n;
+		r->progress = io_now();
+	} while (r->net_kind != OUT_POLL);
 	return 0;
 }
 
@@ -379,25 +388,25 @@ session_ended(struct relay *r)
 	(void)ossl->SSL_shutdown(r->ssl);
 }
 
-/* Reads the session's output and encrypts it; at its end queues the
- * close_notify.  Returns 0, or -1 on a TLS error. */
+/*
+ * Reads what the session has written, without waiting, and encrypts it;
+ * at its end queues the close_notify.  Returns 1 when it read something
+ * or the end, 0 when there was nothing, -1 on a TLS error.  The buffer is
+ * not wiped: the session's output carries no password (those only come
+ * in, through dbuf).
+ */
 static int
 from_session(struct relay *r)
 {
-	unsigned char buf[16384];
-	ssize_t n = read(r->plain, buf, sizeof(buf));
-	int ok = 0;
+	ssize_t n = read(r->plain, r->pbuf, sizeof(r->pbuf));
 
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return 0;
 	if (n <= 0) {
 		session_ended(r);
-		return 0;
+		return 1;
 	}
-	if (ossl->SSL_write(r->ssl, buf, (int)n) != (int)n)
-		ok = -1;
-	explicit_bzero(buf, (size_t)n);
-	return ok;
+	return ossl->SSL_write(r->ssl, r->pbuf, (int)n) == (int)n ? 1 : -1;
 }
 
 /* Hands decrypted input to the session. */
@@ -415,7 +424,7 @@ to_session(struct relay *r)
 	} else
 		r->doff += (size_t)n;
 	if (r->doff == r->dlen)		/* passwords pass through here */
-		explicit_bzero(r->dbuf, sizeof(r->dbuf));
+		explicit_bzero(r->dbuf, r->dlen);
 }
 
 /* Ciphertext not yet taken by the client. */
@@ -423,6 +432,30 @@ static size_t
 pending_out(const struct relay *r)
 {
 	return (r->clen - r->coff) + ossl->BIO_ctrl_pending(r->wbio);
+}
+
+/*
+ * Moves the session's output to the client while neither would block:
+ * sends what is queued (a pipe or terminal only when writable), reads
+ * the session again when the client took it all, and so on; poll() is
+ * left for the times when one side has to be waited for.  Returns 0, or
+ * -1 when the client is gone or on a TLS error.
+ */
+static int
+pump(struct relay *r, int done, int writable)
+{
+	for (;;) {
+		int k;
+
+		if (pending_out(r) > 0 && (writable || r->net_kind !=
+		    OUT_POLL) && to_client(r) < 0)
+			return -1;
+		writable = 0;
+		if (!done || r->plain_eof || pending_out(r) >= POP3D_TLS_BUFFER)
+			return 0;
+		if ((k = from_session(r)) <= 0)
+			return k;
+	}
 }
 
 /*
@@ -434,7 +467,7 @@ pending_out(const struct relay *r)
 static void
 relay(struct relay *r, int64_t deadline)
 {
-	int done = 0;
+	int done = 0, writable = 0;
 
 	for (;;) {
 		struct pollfd pfd[3];
@@ -449,6 +482,8 @@ relay(struct relay *r, int64_t deadline)
 			(void)shutdown(r->plain, SHUT_WR);
 			r->plain_shut = 1;
 		}
+		if (pump(r, done, writable) < 0)
+			return;
 		if (r->plain_eof && pending_out(r) == 0)
 			return;
 		memset(pfd, 0, sizeof(pfd));
@@ -477,6 +512,7 @@ relay(struct relay *r, int64_t deadline)
 				    r->rhost : "local");
 			return;
 		}
+		writable = 0;
 		k = poll(pfd, 3, end > 0 ? (int)(end - now) : -1);
 		if (k < 0 && errno != EINTR)
 			fatal("poll");
@@ -488,14 +524,15 @@ relay(struct relay *r, int64_t deadline)
 			handshake_failed(r, "timed out");
 			return;
 		}
-		if (pfd[1].revents && to_client(r) < 0)
-			return;
+		writable = pfd[1].revents != 0;
 		if (pfd[0].revents)
 			from_client(r);
 		if (pfd[2].revents & POLLOUT || (pfd[2].revents & (POLLHUP |
 		    POLLERR) && r->doff < r->dlen))
 			to_session(r);
-		if (done && pfd[2].revents & (POLLIN | POLLHUP | POLLERR) &&
+		/* the session's end is taken even when the client is not
+		 * reading (pump() leaves the session alone then) */
+		if (done && pfd[2].revents & (POLLHUP | POLLERR) &&
 		    !r->plain_eof && from_session(r) < 0)
 			return;
 	}
@@ -517,6 +554,9 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 		_exit(1);
 	memset(&r, 0, sizeof(r));
 	r.net_kind = io_kind(net_out);		/* fstat: before seccomp */
+	/* pump() reads the session without waiting; the socket is ours */
+	if (fcntl(t->plain_peer, F_SETFL, O_NONBLOCK) < 0)
+		fatal("fcntl");
 	priv_confine(t->drop, t->uid, t->gid, POP3D_TLS_NOFILE,
 	    cfg->tls_user ? cfg->tls_user : POP3D_TLS_USER);
 	r.net_in = net_in;
