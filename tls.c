@@ -104,6 +104,23 @@ close_fd(int *fd)
 	*fd = -1;
 }
 
+/*
+ * Lets the session queue POP3D_TLS_SOCKBUF octets on its end of the
+ * plaintext socketpair: beyond the lesser limit the administrator set
+ * for sockets (net.core.wmem_max) when root creates it, since the queue
+ * only ever holds what the session has read from its own maildrop.
+ */
+static void
+widen(int fd)
+{
+	int size = POP3D_TLS_SOCKBUF;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size,
+	    sizeof(size)) < 0)
+		(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size,
+		    sizeof(size));
+}
+
 int
 tls_prepare(struct tls *t)
 {
@@ -116,6 +133,7 @@ tls_prepare(struct tls *t)
 		close(p[1]);
 		return -1;
 	}
+	widen(p[0]);
 	t->plain = p[0];
 	t->plain_peer = p[1];
 	t->ctl = c[0];
