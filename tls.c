@@ -46,6 +46,19 @@
  * that TLS adds to a session as a whole (handshake, a third process), is
  * not the clear gain that would justify the less common library.
  * OpenSSL is loaded by the TLS process alone, see tlslib.c.
+ *
+ * Throughput (bench/RESULTS.md, "TLS performance"): the session's output
+ * takes one hop more than without TLS (session, socketpair, this process,
+ * the client socket) and two copies through the memory BIO; what costs
+ * most on the VM it was measured on is the system calls, so pump() moves
+ * chunks of up to POP3D_TLS_CHUNK while neither side would block and
+ * polls only to wait, and the socketpair holds POP3D_TLS_SOCKBUF.  Left
+ * for later: kTLS (SSL_OP_ENABLE_KTLS where the kernel has the tls
+ * module; the test machine has none), which would move the encryption of
+ * the session's output into the kernel, and with the socket then handed
+ * to the session, take this process out of the data path altogether
+ * while the private key stays here (TLS 1.3 key updates and alerts would
+ * have to come back to it).
  * Calls: tlslib.c (OpenSSL), priv.c, io.c, log.c.
  */
 #include <errno.h>
@@ -561,7 +574,7 @@ static void __attribute__((noreturn))
 tls_process(struct tls *t, const struct config *cfg, int net_in,
     int net_out, int64_t deadline, const char *rhost)
 {
-	static struct relay r;
+	static struct relay r;		/* zero: never used before */
 	int keep[] = { net_in, net_out, t->plain_peer, t->ctl_peer,
 	    log_to_stderr() ? STDERR_FILENO : -1 };
 	SSL_CTX *ctx;
@@ -570,7 +583,6 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 	log_reopen();
 	if (tlslib_load() < 0 || (ctx = tls_load(cfg)) == NULL)
 		_exit(1);
-	memset(&r, 0, sizeof(r));
 	r.net_kind = io_kind(net_out);		/* fstat: before seccomp */
 	/* pump() reads the session without waiting; the socket is ours */
 	if (fcntl(t->plain_peer, F_SETFL, O_NONBLOCK) < 0)
