@@ -13,14 +13,16 @@ HARDEN	 = -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 ALLCFLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(HARDEN) $(CPPFLAGS) $(CFLAGS) \
 	    $(EXTRA_CFLAGS)
 LDHARDEN = -pie -Wl,-z,relro,-z,now
-LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash -lssl -lcrypto
+# No -lssl: the TLS process alone loads OpenSSL (tlslib.c), with dlopen()
+# (in libc since glibc 2.34).
+LIBS	 = -lpam -lcrypt -llockfile -lmd -lxxhash
 
 MBOBJS	 = mailbox.o scan.o uidl.o lock.o cache.o update.o journal.o plan.o
 MBSRCS	 = $(MBOBJS:.o=.c)
-SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o conn.o
+SESSOBJS = session.o root.o priv.o state.o outcome.o tls.o tlslib.o conn.o
 OBJS	 = pop3d.o $(SESSOBJS) auth.o $(MBOBJS) proxy.o io.o log.o
 HDRS	 = pop3d.h params.h log.h io.h mailbox.h mailbox_int.h auth.h session.h outcome.h \
-	   state.h priv.h root.h journal.h plan.h tls.h proxy.h conn.h
+	   state.h priv.h root.h journal.h plan.h tls.h tlslib.h proxy.h conn.h
 
 all: pop3d
 
@@ -44,11 +46,11 @@ tests/fuzz_session: tests/fuzz/session.c tests/fuzz/fake_login.h tests/fuzz/repl
 		$(SESSOBJS) $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/session.c \
 		tests/pop3d-nomain.o $(SESSOBJS) $(UNITOBJS) $(LIBS)
-# The STLS target fakes the TLS process: everything but tls.o.
+# The STLS target fakes the TLS process: everything but tls.o, tlslib.o.
 tests/fuzz_stls: tests/fuzz/stls.c tests/fuzz/fake_login.h tests/fuzz/replay.h \
 		tests/pop3d-nomain.o $(SESSOBJS) $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/stls.c \
-		tests/pop3d-nomain.o $(filter-out tls.o,$(SESSOBJS)) $(UNITOBJS) $(LIBS)
+		tests/pop3d-nomain.o $(filter-out tls.o tlslib.o,$(SESSOBJS)) $(UNITOBJS) $(LIBS)
 tests/fuzz_mbox: tests/fuzz/mbox.c tests/fuzz/replay.h $(UNITOBJS)
 	$(CC) $(ALLCFLAGS) -I. -DFUZZ_REPLAY $(LDFLAGS) -o $@ tests/fuzz/mbox.c \
 		$(UNITOBJS) $(LIBS)
@@ -69,7 +71,7 @@ fuzz:
 		pop3d.c $(SESSOBJS:.o=.c) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -DPOP3D_NO_MAIN -o tests/tmp/fuzz/stls tests/fuzz/stls.c \
-		pop3d.c $(filter-out tls.c,$(SESSOBJS:.o=.c)) $(MBSRCS) proxy.c io.c \
+		pop3d.c $(filter-out tls.c tlslib.c,$(SESSOBJS:.o=.c)) $(MBSRCS) proxy.c io.c \
 		log.c $(LIBS)
 	$(FUZZCC) -o tests/tmp/fuzz/mbox tests/fuzz/mbox.c $(MBSRCS) io.c \
 		log.c $(LIBS)

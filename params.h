@@ -113,6 +113,17 @@
  * slowly before it stops taking plaintext from the session: the session's
  * own write limits then apply, as without TLS. */
 #define POP3D_TLS_BUFFER	(256U << 10)
+/* Octets the TLS process reads from the session at once, and the most it
+ * sends of ciphertext at once: the session writes POP3D_OUTBUF at a time,
+ * several of which wait in the socketpair during a RETR, and each system
+ * call costs far more than the copy of 16 KiB (bench/RESULTS.md, "TLS
+ * performance"). */
+#define POP3D_TLS_CHUNK		(256U << 10)
+/* Send buffer of the session's end of the plaintext socketpair (Linux
+ * 212992 by default): the session runs ahead of the TLS process by this
+ * much, so that the two wake each other a third as often during a RETR
+ * (bench/RESULTS.md, "TLS performance"). */
+#define POP3D_TLS_SOCKBUF	(1 << 20)
 /* Seconds the TLS process waits for each progress of the client taking
  * the last replies after the session has ended: one that reads is done in
  * well under that; one that stopped reading is not waited for. */

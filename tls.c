@@ -45,7 +45,21 @@
  * spends in every process).  2.5 ms per connection, beside the ~17 ms
  * that TLS adds to a session as a whole (handshake, a third process), is
  * not the clear gain that would justify the less common library.
- * Calls: priv.c, io.c, log.c.
+ * OpenSSL is loaded by the TLS process alone, see tlslib.c.
+ *
+ * Throughput (bench/RESULTS.md, "TLS performance"): the session's output
+ * takes one hop more than without TLS (session, socketpair, this process,
+ * the client socket) and two copies through the memory BIO; what costs
+ * most on the VM it was measured on is the system calls, so pump() moves
+ * chunks of up to POP3D_TLS_CHUNK while neither side would block and
+ * polls only to wait, and the socketpair holds POP3D_TLS_SOCKBUF.  Left
+ * for later: kTLS (SSL_OP_ENABLE_KTLS where the kernel has the tls
+ * module; the test machine has none), which would move the encryption of
+ * the session's output into the kernel, and with the socket then handed
+ * to the session, take this process out of the data path altogether
+ * while the private key stays here (TLS 1.3 key updates and alerts would
+ * have to come back to it).
+ * Calls: tlslib.c (OpenSSL), priv.c, io.c, log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,14 +73,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
-#include <openssl/rand.h>
-#include <openssl/ssl.h>
-
 #include "io.h"
 #include "priv.h"
 #include "proxy.h"
 #include "tls.h"
+#include "tlslib.h"
 
 /* The TLS process's report after the handshake. */
 struct report {
@@ -87,8 +98,9 @@ struct relay {
 	size_t		 doff, dlen;	/* decrypted, for the session */
 	size_t		 coff, clen;	/* ciphertext, for the client */
 	int64_t		 progress;	/* the client last took ciphertext */
-	unsigned char	 dbuf[16384];
-	unsigned char	 cbuf[16384];
+	unsigned char	 dbuf[16384];		/* one TLS record */
+	unsigned char	 pbuf[POP3D_TLS_CHUNK];
+	unsigned char	 cbuf[POP3D_TLS_CHUNK];
 };
 
 void
@@ -106,6 +118,23 @@ close_fd(int *fd)
 	*fd = -1;
 }
 
+/*
+ * Lets the session queue POP3D_TLS_SOCKBUF octets on its end of the
+ * plaintext socketpair: beyond the lesser limit the administrator set
+ * for sockets (net.core.wmem_max) when root creates it, since the queue
+ * only ever holds what the session has read from its own maildrop.
+ */
+static void
+widen(int fd)
+{
+	int size = POP3D_TLS_SOCKBUF;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size,
+	    sizeof(size)) < 0)
+		(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size,
+		    sizeof(size));
+}
+
 int
 tls_prepare(struct tls *t)
 {
@@ -118,6 +147,7 @@ tls_prepare(struct tls *t)
 		close(p[1]);
 		return -1;
 	}
+	widen(p[0]);
 	t->plain = p[0];
 	t->plain_peer = p[1];
 	t->ctl = c[0];
@@ -167,13 +197,13 @@ tls_release_raw(int net_in, int net_out)
 static const char *
 ssl_reason(char *buf, size_t size)
 {
-	unsigned long e = ERR_get_error();
+	unsigned long e = ossl->ERR_get_error();
 
 	if (e == 0)
 		snprintf(buf, size, "no reason given");
 	else
-		ERR_error_string_n(e, buf, size);
-	ERR_clear_error();
+		ossl->ERR_error_string_n(e, buf, size);
+	ossl->ERR_clear_error();
 	return buf;
 }
 
@@ -215,37 +245,39 @@ tls_load(const struct config *cfg)
 	char why[256];
 	SSL_CTX *ctx;
 
-	if (OPENSSL_init_ssl(0, NULL) != 1 ||
-	    (ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
+	if (ossl->OPENSSL_init_ssl(0, NULL) != 1 ||
+	    (ctx = ossl->SSL_CTX_new(ossl->TLS_server_method())) == NULL) {
 		logmsg(LOG_ERR, "TLS: cannot initialise OpenSSL: %s",
 		    ssl_reason(why, sizeof(why)));
 		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION,
+	    NULL);
+	ossl->SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION |
 	    SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
 	    SSL_OP_NO_TICKET);
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-	SSL_CTX_set_num_tickets(ctx, 0);
-	SSL_CTX_set_dh_auto(ctx, 1);
-	if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF,
+	    NULL);
+	ossl->SSL_CTX_set_num_tickets(ctx, 0);
+	ossl->SSL_CTX_ctrl(ctx, SSL_CTRL_SET_DH_AUTO, 1, NULL);
+	if (ossl->SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
 		logmsg(LOG_ERR, "TLS: certificate %s: %s", cfg->tls_cert,
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
-	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key,
-	    SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+	if (ossl->SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key,
+	    SSL_FILETYPE_PEM) != 1 || ossl->SSL_CTX_check_private_key(ctx) != 1) {
 		logmsg(LOG_ERR, "TLS: key %s: %s", cfg->tls_key,
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
 	/* the random generator is seeded here, before the chroot */
-	if (RAND_bytes(&seed, 1) != 1) {
+	if (ossl->RAND_bytes(&seed, 1) != 1) {
 		logmsg(LOG_ERR, "TLS: no random numbers: %s",
 		    ssl_reason(why, sizeof(why)));
-		SSL_CTX_free(ctx);
+		ossl->SSL_CTX_free(ctx);
 		return NULL;
 	}
 	return ctx;
@@ -261,7 +293,8 @@ report(struct relay *r, char kind)
 	rep.kind = kind;
 	if (kind == 'H')
 		snprintf(rep.info, sizeof(rep.info), "%s/%s",
-		    SSL_get_version(r->ssl), SSL_get_cipher_name(r->ssl));
+		    ossl->SSL_get_version(r->ssl), ossl->SSL_CIPHER_get_name(
+		    ossl->SSL_get_current_cipher(r->ssl)));
 	(void)write_full(r->ctl, &rep, sizeof(rep));
 }
 
@@ -283,13 +316,13 @@ static int
 handshake(struct relay *r)
 {
 	char why[256];
-	int n = SSL_do_handshake(r->ssl);
+	int n = ossl->SSL_do_handshake(r->ssl);
 
 	if (n == 1) {
 		report(r, 'H');
 		return 1;
 	}
-	if (SSL_get_error(r->ssl, n) == SSL_ERROR_WANT_READ) {
+	if (ossl->SSL_get_error(r->ssl, n) == SSL_ERROR_WANT_READ) {
 		if (!r->net_eof)
 			return 0;
 		handshake_failed(r, "the client closed the connection");
@@ -309,13 +342,13 @@ decrypt(struct relay *r)
 
 	if (r->doff < r->dlen || r->tls_eof)
 		return 0;
-	n = SSL_read(r->ssl, r->dbuf, sizeof(r->dbuf));
+	n = ossl->SSL_read(r->ssl, r->dbuf, sizeof(r->dbuf));
 	if (n > 0) {
 		r->doff = 0;
 		r->dlen = (size_t)n;
 		return 0;
 	}
-	switch (SSL_get_error(r->ssl, n)) {
+	switch (ossl->SSL_get_error(r->ssl, n)) {
 	case SSL_ERROR_WANT_READ:
 		r->tls_eof = r->net_eof;	/* an end without close_notify */
 		return 0;
@@ -340,32 +373,40 @@ from_client(struct relay *r)
 		return;
 	if (n <= 0)
 		r->net_eof = 1;
-	else if (BIO_write(r->rbio, buf, (int)n) != (int)n)
+	else if (ossl->BIO_write(r->rbio, buf, (int)n) != (int)n)
 		fatalx("TLS: BIO_write");
 }
 
-/* Sends ciphertext to the client.  Returns 0, or -1 when it is gone. */
+/*
+ * Sends ciphertext to the client: until the socket would block (or all is
+ * sent), but only once to a pipe or terminal, where a write may block and
+ * is made only after poll() said it would not.  Returns 0, or -1 when the
+ * client is gone.
+ */
 static int
 to_client(struct relay *r)
 {
-	ssize_t n;
+	do {
+		ssize_t n;
 
-	if (r->coff == r->clen) {
-		int got = BIO_read(r->wbio, r->cbuf, (int)sizeof(r->cbuf));
+		if (r->coff == r->clen) {
+			int got = ossl->BIO_read(r->wbio, r->cbuf,
+			    (int)sizeof(r->cbuf));
 
-		r->coff = 0;
-		r->clen = got > 0 ? (size_t)got : 0;
-		if (r->clen == 0)
+			r->coff = 0;
+			r->clen = got > 0 ? (size_t)got : 0;
+			if (r->clen == 0)
+				return 0;
+		}
+		n = io_write_some(r->net_out, r->net_kind, r->cbuf + r->coff,
+		    r->clen - r->coff);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			return 0;
-	}
-	n = io_write_some(r->net_out, r->net_kind, r->cbuf + r->coff,
-	    r->clen - r->coff);
-	if (n < 0 && (errno == EINTR || errno == EAGAIN))
-		return 0;
-	if (n <= 0)
-		return -1;
-	r->coff += (size_t)n;
-	r->progress = io_now();
+		if (n <= 0)
+			return -1;
+		r->coff += (size_t)n;
+		r->progress = io_now();
+	} while (r->net_kind != OUT_POLL);
 	return 0;
 }
 
@@ -376,28 +417,28 @@ session_ended(struct relay *r)
 {
 	r->plain_eof = 1;
 	r->progress = io_now();
-	(void)SSL_shutdown(r->ssl);
+	(void)ossl->SSL_shutdown(r->ssl);
 }
 
-/* Reads the session's output and encrypts it; at its end queues the
- * close_notify.  Returns 0, or -1 on a TLS error. */
+/*
+ * Reads what the session has written, without waiting, and encrypts it;
+ * at its end queues the close_notify.  Returns 1 when it read something
+ * or the end, 0 when there was nothing, -1 on a TLS error.  The buffer is
+ * not wiped: the session's output carries no password (those only come
+ * in, through dbuf).
+ */
 static int
 from_session(struct relay *r)
 {
-	unsigned char buf[16384];
-	ssize_t n = read(r->plain, buf, sizeof(buf));
-	int ok = 0;
+	ssize_t n = read(r->plain, r->pbuf, sizeof(r->pbuf));
 
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return 0;
 	if (n <= 0) {
 		session_ended(r);
-		return 0;
+		return 1;
 	}
-	if (SSL_write(r->ssl, buf, (int)n) != (int)n)
-		ok = -1;
-	explicit_bzero(buf, (size_t)n);
-	return ok;
+	return ossl->SSL_write(r->ssl, r->pbuf, (int)n) == (int)n ? 1 : -1;
 }
 
 /* Hands decrypted input to the session. */
@@ -415,14 +456,38 @@ to_session(struct relay *r)
 	} else
 		r->doff += (size_t)n;
 	if (r->doff == r->dlen)		/* passwords pass through here */
-		explicit_bzero(r->dbuf, sizeof(r->dbuf));
+		explicit_bzero(r->dbuf, r->dlen);
 }
 
 /* Ciphertext not yet taken by the client. */
 static size_t
 pending_out(const struct relay *r)
 {
-	return (r->clen - r->coff) + BIO_ctrl_pending(r->wbio);
+	return (r->clen - r->coff) + ossl->BIO_ctrl_pending(r->wbio);
+}
+
+/*
+ * Moves the session's output to the client while neither would block:
+ * sends what is queued (a pipe or terminal only when writable), reads
+ * the session again when the client took it all, and so on; poll() is
+ * left for the times when one side has to be waited for.  Returns 0, or
+ * -1 when the client is gone or on a TLS error.
+ */
+static int
+pump(struct relay *r, int done, int writable)
+{
+	for (;;) {
+		int k;
+
+		if (pending_out(r) > 0 && (writable || r->net_kind !=
+		    OUT_POLL) && to_client(r) < 0)
+			return -1;
+		writable = 0;
+		if (!done || r->plain_eof || pending_out(r) >= POP3D_TLS_BUFFER)
+			return 0;
+		if ((k = from_session(r)) <= 0)
+			return k;
+	}
 }
 
 /*
@@ -434,7 +499,7 @@ pending_out(const struct relay *r)
 static void
 relay(struct relay *r, int64_t deadline)
 {
-	int done = 0;
+	int done = 0, writable = 0;
 
 	for (;;) {
 		struct pollfd pfd[3];
@@ -449,6 +514,8 @@ relay(struct relay *r, int64_t deadline)
 			(void)shutdown(r->plain, SHUT_WR);
 			r->plain_shut = 1;
 		}
+		if (pump(r, done, writable) < 0)
+			return;
 		if (r->plain_eof && pending_out(r) == 0)
 			return;
 		memset(pfd, 0, sizeof(pfd));
@@ -477,6 +544,7 @@ relay(struct relay *r, int64_t deadline)
 				    r->rhost : "local");
 			return;
 		}
+		writable = 0;
 		k = poll(pfd, 3, end > 0 ? (int)(end - now) : -1);
 		if (k < 0 && errno != EINTR)
 			fatal("poll");
@@ -488,14 +556,15 @@ relay(struct relay *r, int64_t deadline)
 			handshake_failed(r, "timed out");
 			return;
 		}
-		if (pfd[1].revents && to_client(r) < 0)
-			return;
+		writable = pfd[1].revents != 0;
 		if (pfd[0].revents)
 			from_client(r);
 		if (pfd[2].revents & POLLOUT || (pfd[2].revents & (POLLHUP |
 		    POLLERR) && r->doff < r->dlen))
 			to_session(r);
-		if (done && pfd[2].revents & (POLLIN | POLLHUP | POLLERR) &&
+		/* the session's end is taken even when the client is not
+		 * reading (pump() leaves the session alone then) */
+		if (done && pfd[2].revents & (POLLHUP | POLLERR) &&
 		    !r->plain_eof && from_session(r) < 0)
 			return;
 	}
@@ -528,17 +597,19 @@ static void __attribute__((noreturn))
 tls_process(struct tls *t, const struct config *cfg, int net_in,
     int net_out, int64_t deadline, const char *rhost)
 {
-	static struct relay r;
+	static struct relay r;		/* zero: never used before */
 	int keep[] = { net_in, net_out, t->plain_peer, t->ctl_peer,
 	    log_to_stderr() ? STDERR_FILENO : -1 };
 	SSL_CTX *ctx;
 
 	keep_only(keep, (int)(sizeof(keep) / sizeof(keep[0])));
 	log_reopen();
-	if ((ctx = tls_load(cfg)) == NULL)
+	if (tlslib_load() < 0 || (ctx = tls_load(cfg)) == NULL)
 		_exit(1);
-	memset(&r, 0, sizeof(r));
 	r.net_kind = io_kind(net_out);		/* fstat: before seccomp */
+	/* pump() reads the session without waiting; the socket is ours */
+	if (fcntl(t->plain_peer, F_SETFL, O_NONBLOCK) < 0)
+		fatal("fcntl");
 	priv_confine(t->drop, t->uid, t->gid, POP3D_TLS_NOFILE,
 	    cfg->tls_user ? cfg->tls_user : POP3D_TLS_USER);
 	r.net_in = net_in;
@@ -546,23 +617,23 @@ tls_process(struct tls *t, const struct config *cfg, int net_in,
 	r.plain = t->plain_peer;
 	r.ctl = t->ctl_peer;
 	r.rhost = rhost;
-	if ((r.ssl = SSL_new(ctx)) == NULL ||
-	    (r.rbio = BIO_new(BIO_s_mem())) == NULL ||
-	    (r.wbio = BIO_new(BIO_s_mem())) == NULL)
+	if ((r.ssl = ossl->SSL_new(ctx)) == NULL ||
+	    (r.rbio = ossl->BIO_new(ossl->BIO_s_mem())) == NULL ||
+	    (r.wbio = ossl->BIO_new(ossl->BIO_s_mem())) == NULL)
 		fatalx("TLS: out of memory");
-	SSL_set_bio(r.ssl, r.rbio, r.wbio);
-	SSL_set_accept_state(r.ssl);
+	ossl->SSL_set_bio(r.ssl, r.rbio, r.wbio);
+	ossl->SSL_set_accept_state(r.ssl);
 	if (write_full(r.ctl, "R", 1) < 0)
 		_exit(1);
 	if (t->proxy && pass_proxy(&r, deadline) < 0)
 		_exit(0);
 	relay(&r, deadline);
 	/* a last try for what is queued (an alert, the close_notify) */
-	if (r.coff < r.clen || BIO_ctrl_pending(r.wbio) > 0)
+	if (r.coff < r.clen || ossl->BIO_ctrl_pending(r.wbio) > 0)
 		(void)to_client(&r);
 	explicit_bzero(r.dbuf, sizeof(r.dbuf));
-	SSL_free(r.ssl);
-	SSL_CTX_free(ctx);
+	ossl->SSL_free(r.ssl);
+	ossl->SSL_CTX_free(ctx);
 	_exit(0);
 }
 

@@ -11,6 +11,9 @@ by side in one run, the order rotating each run.
                   connection, TLS kept in it, a pop3 process after login)
   stunnel-popa3d  stunnel (already running, key loaded once) exec'ing popa3d
                   per connection
+  pop3d-tls-before, pop3d-tcp-before
+                  the same two with the POP3D_BEFORE binary (bench/run), for
+                  before/after comparisons in one run, interleaved
 
 Sessions: "setup" connects, handshakes (certificate verified against the
 test CA), reads the greeting, logs in (USER/PASS through PAM, a cheap
@@ -255,7 +258,8 @@ class Listener:
 class Pop3dTls(Listener):
     name = "pop3d-tls"
 
-    def __init__(self, R, pki, binary):
+    def __init__(self, R, pki, binary, suffix=""):
+        self.name += suffix
         super().__init__(R, pki)
         self.binary = binary
 
@@ -420,10 +424,17 @@ def bench(R, size, runs, setups, pop3d, popa3d, out):
     pki = make_pki(os.path.join(R.TMP, "tls"))
     ctx = ssl.create_default_context(cafile=pki["ca"])
     servers = []
+    before = os.path.join(R.TMP, "bin", "pop3d-before")
+    both = os.environ.get("POP3D_BEFORE") and os.path.exists(before)
     want = os.environ.get("TLS_SERVERS", "pop3d-tls pop3d-tcp dovecot-tls "
-                          "stunnel-popa3d").split()
-    for s in (Pop3dTls(R, pki, pop3d), Pop3dTcp(R, pki, pop3d),
-              DovecotTls(R, pki), StunnelPopa3d(R, pki, popa3d)):
+                          "stunnel-popa3d" + (" pop3d-tls-before pop3d-tcp-before"
+                                              if both else "")).split()
+    candidates = [Pop3dTls(R, pki, pop3d), Pop3dTcp(R, pki, pop3d),
+                  DovecotTls(R, pki), StunnelPopa3d(R, pki, popa3d)]
+    if both:
+        candidates += [Pop3dTls(R, pki, before, "-before"),
+                       Pop3dTcp(R, pki, before, "-before")]
+    for s in candidates:
         if s.name not in want:
             continue
         if s.available():

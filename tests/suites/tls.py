@@ -613,6 +613,46 @@ def proc(mode):
         c.kill()
 
 
+def maps_openssl(pid):
+    """Whether libssl or libcrypto is mapped into pid."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any(re.search(r"/lib(ssl|crypto)\.so", line) for line in f)
+
+
+def openssl_mapped(mode):
+    """OpenSSL is loaded by the TLS process alone (tlslib.c): a session
+    that has not begun TLS maps none of it, and after STLS only the TLS
+    process does."""
+    case_dir, mbox, before = new_case(mode)
+    c = Conn(mode, case_dir, PKI.files(mode, case_dir))
+    try:
+        c.expect(b"+OK pop3d ready.")
+        c.send(b"NOOP\r\n")
+        c.expect(b"-ERR Command not valid in this state.")
+        pids = group_pids(c.p.pid)
+        mapped = [p for p in pids if maps_openssl(p)]
+        if mapped:
+            raise H.Fail("before STLS, OpenSSL is mapped in %s of %s" % (mapped, pids))
+        c.send(b"STLS\r\n")
+        c.expect(b"+OK Begin TLS negotiation.")
+        c.starttls()
+        c.send(b"NOOP\r\n")
+        c.expect(b"-ERR Command not valid in this state.")
+        t = tls_process(c)
+        after = group_pids(c.p.pid)
+        mapped = [p for p in after if maps_openssl(p)]
+        if mapped != [t]:
+            raise H.Fail("after STLS, OpenSSL is mapped in %s of %s; the TLS "
+                         "process is %d" % (mapped, after, t))
+        c.send(b"QUIT\r\n")
+        c.expect(b"+OK Logging out.")
+        finish(c)
+        return ("OpenSSL mapped in none of %d processes before STLS, in the TLS "
+                "process alone after" % len(pids))
+    finally:
+        c.kill()
+
+
 # ------------------------------------------------------- key isolation
 
 def key_patterns(keyfile):
@@ -780,11 +820,13 @@ def tests(h):
               ("tls/stalled-reader", stalled_reader),
               ("tls/cert-unreadable", cert_unreadable),
               ("tls/cert-renewed", cert_renewed)]
-    # Reading another user's (or a non-dumpable) process needs root;
+    # Reading another user's (or a non-dumpable) process needs root
+    # (/proc/PID/mem, and maps for tls/openssl-mapped);
     # memcheck adds descriptors, raises limits, and its processes are too
     # big to read whole: as in privsep.py, skipped under VALGRIND=1.
     if h.ROOT and not h.VALGRIND:
         cases += [("tls/proc", proc),
+                  ("tls/openssl-mapped", openssl_mapped),
                   ("tls/key-isolation-implicit", key_isolation(True)),
                   ("tls/key-isolation-stls", key_isolation(False))]
     cases = [(n, f) for n, f in cases
