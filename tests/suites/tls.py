@@ -629,7 +629,7 @@ def openssl_mapped(mode):
         c.expect(b"+OK pop3d ready.")
         c.send(b"NOOP\r\n")
         c.expect(b"-ERR Command not valid in this state.")
-        pids = group_pids(c.p.pid)
+        pids = S.group_pids(c.p.pid)
         mapped = [p for p in pids if maps_openssl(p)]
         if mapped:
             raise H.Fail("before STLS, OpenSSL is mapped in %s of %s" % (mapped, pids))
@@ -639,7 +639,7 @@ def openssl_mapped(mode):
         c.send(b"NOOP\r\n")
         c.expect(b"-ERR Command not valid in this state.")
         t = tls_process(c)
-        after = group_pids(c.p.pid)
+        after = S.group_pids(c.p.pid)
         mapped = [p for p in after if maps_openssl(p)]
         if mapped != [t]:
             raise H.Fail("after STLS, OpenSSL is mapped in %s of %s; the TLS "
