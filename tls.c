@@ -59,7 +59,8 @@
  * to the session, take this process out of the data path altogether
  * while the private key stays here (TLS 1.3 key updates and alerts would
  * have to come back to it).
- * Calls: tlslib.c (OpenSSL), priv.c, io.c, log.c.
+ * Calls: tlslib.c (OpenSSL), proxy.c (proxy_read, for implicit TLS from
+ * a trusted proxy), priv.c, io.c, log.c.
  */
 #include <errno.h>
 #include <fcntl.h>
