@@ -110,8 +110,9 @@
  * (network in, network out, the plaintext socketpair) needs the limit at 3. */
 #define POP3D_TLS_NOFILE	3
 /* Octets of ciphertext the TLS process holds for a client that reads
- * slowly before it stops taking plaintext from the session: the session's
- * own write limits then apply, as without TLS. */
+ * slowly before it stops taking plaintext from the session (it may hold
+ * up to one POP3D_TLS_CHUNK more): the session's own write limits then
+ * apply, as without TLS. */
 #define POP3D_TLS_BUFFER	(256U << 10)
 /* Octets the TLS process reads from the session at once, and the most it
  * sends of ciphertext at once: the session writes POP3D_OUTBUF at a time,
